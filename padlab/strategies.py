@@ -1,0 +1,68 @@
+"""Named batching strategies, as used everywhere (CLI, JSON, notebooks, benchmark).
+
+A strategy turns token lengths into batches: which sequences share a tensor and how wide
+that tensor is. This module only wires samplers and packers to :mod:`padlab.metrics`;
+the mechanisms live in :mod:`padlab.batching`, :mod:`padlab.packing` and
+:mod:`padlab.padding`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ._validate import check_choice, check_int, fail
+from .metrics import BatchShape, WasteReport, padded_batches, waste
+
+# Order matters: it is the order of rows in every table.
+STRATEGIES = ("fixed", "dynamic", "bucketed", "token-budget", "packed")
+
+
+def random_batches(n: int, batch_size: int, seed: int) -> list[np.ndarray]:
+    """A seeded shuffle of ``range(n)`` cut into batches (the last may be short)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.split(perm, np.arange(batch_size, n, batch_size))
+
+
+def _fixed(lengths, batch_size, max_length, seed, **_):
+    return padded_batches(lengths, random_batches(len(lengths), batch_size, seed),
+                          max_length=max_length, fixed=True), False
+
+
+def _dynamic(lengths, batch_size, max_length, seed, pad_to_multiple_of=None, **_):
+    return padded_batches(lengths, random_batches(len(lengths), batch_size, seed),
+                          max_length=max_length, pad_to_multiple_of=pad_to_multiple_of), False
+
+
+# Each builder returns ((shapes, truncated_tokens), block_diagonal).
+_BUILDERS: dict[str, Callable] = {"fixed": _fixed, "dynamic": _dynamic}
+
+
+def available() -> tuple[str, ...]:
+    """The strategies this installation can build, in table order."""
+    return tuple(s for s in STRATEGIES if s in _BUILDERS)
+
+
+def batch_shapes(strategy: str, lengths: np.ndarray, *, batch_size: int = 32, max_length: int = 512,
+                 seed: int = 0, **options) -> tuple[list[BatchShape], int, bool]:
+    """Shapes of one epoch of batches under ``strategy``: (shapes, truncated tokens, block_diagonal)."""
+    check_choice("strategy", strategy, available())
+    batch_size = check_int("batch_size", batch_size, min_value=1)
+    max_length = check_int("max_length", max_length, min_value=1)
+    seed = check_int("seed", seed)
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1 or lengths.size == 0 or not np.issubdtype(lengths.dtype, np.integer) or lengths.min() < 1:
+        raise fail("lengths", lengths, "be a non-empty 1-D array of integers >= 1")
+    (shapes, truncated), block = _BUILDERS[strategy](lengths, batch_size, max_length, seed, **options)
+    return shapes, truncated, block
+
+
+def waste_table(lengths: np.ndarray, strategies: tuple[str, ...] | None = None, *, batch_size: int = 32,
+                max_length: int = 512, seed: int = 0, **options) -> list[WasteReport]:
+    """One :class:`WasteReport` per strategy over the same lengths."""
+    out = []
+    for s in strategies or available():
+        shapes, truncated, block = batch_shapes(s, lengths, batch_size=batch_size, max_length=max_length,
+                                                seed=seed, **options)
+        out.append(waste(s, shapes, truncated, block_diagonal=block))
+    return out
