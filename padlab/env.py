@@ -1,0 +1,82 @@
+"""Where the code runs: device detection, half-precision support, seeds and threads.
+
+Every notebook's set-up cell calls :func:`setup`, so a learner on a laptop CPU, on a Colab T4
+(fp16 but no bf16) or on a big GPU gets the right device and precision without editing code.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ._validate import check_choice, check_int
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the learner's machine offers."""
+
+    device: str            # "cuda", "mps" or "cpu"
+    name: str              # e.g. "NVIDIA H100 80GB HBM3" or the CPU's processor string
+    torch: str
+    bf16: bool             # bf16 matrix maths is supported (and fast) here
+    fp16: bool             # fp16 autocast is worth using here (a GPU)
+    half_dtype: str        # the half-precision format to use here: "bf16", "fp16" or "none"
+    capability: str        # CUDA compute capability, "" elsewhere
+    threads: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def detect_device(prefer: str = "auto") -> DeviceInfo:
+    """Detect the best device (``prefer`` may force ``"cpu"``, ``"cuda"`` or ``"mps"``)."""
+    check_choice("prefer", prefer, ("auto", "cpu", "cuda", "mps"))
+    has_cuda = torch.cuda.is_available()
+    has_mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    if prefer == "cuda" and not has_cuda:
+        raise ValueError("prefer must name an available device; got 'cuda' (no CUDA GPU found)")
+    if prefer == "mps" and not has_mps:
+        raise ValueError("prefer must name an available device; got 'mps' (no Apple GPU found)")
+    device = prefer if prefer != "auto" else ("cuda" if has_cuda else "mps" if has_mps else "cpu")
+    if device == "cuda":
+        major, minor = torch.cuda.get_device_capability()
+        # bf16 tensor cores arrive with Ampere (8.0); a T4 (7.5) emulates bf16 slowly.
+        bf16 = major >= 8 and torch.cuda.is_bf16_supported()
+        return DeviceInfo("cuda", torch.cuda.get_device_name(), torch.__version__, bf16, True,
+                          "bf16" if bf16 else "fp16", f"{major}.{minor}", torch.get_num_threads())
+    if device == "mps":
+        return DeviceInfo("mps", "Apple GPU", torch.__version__, False, True, "fp16", "",
+                          torch.get_num_threads())
+    # On a CPU, bf16 autocast runs (slowly on most chips) and fp16 matmuls are far slower than fp32.
+    return DeviceInfo("cpu", platform.processor() or platform.machine(), torch.__version__, True, False,
+                      "bf16", "", torch.get_num_threads())
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    seed = check_int("seed", seed, min_value=0)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup(seed: int = 0, threads: int | None = 2, prefer: str = "auto") -> DeviceInfo:
+    """A notebook's first call: seeds, a fixed CPU thread count (so results repeat), plot style.
+
+    ``threads`` fixes torch's intra-op threads: stored notebook outputs are made with 2, and
+    float sums can differ in the last bits with another count.
+    """
+    seed_everything(seed)
+    if threads is not None:
+        threads = check_int("threads", threads, min_value=1)
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import matplotlib
+
+    matplotlib.rcParams.update({"figure.dpi": 90, "axes.grid": True, "grid.alpha": 0.3})
+    return detect_device(prefer)
