@@ -41,8 +41,58 @@ def _add_waste(sub) -> None:
     p.set_defaults(func=_cmd_waste)
 
 
+def _json_number(v):
+    """Strict JSON has no inf/NaN: write those as the strings "inf", "-inf", "nan"."""
+    if isinstance(v, float) and v != v:
+        return "nan"
+    if isinstance(v, float) and v in (float("inf"), float("-inf")):
+        return "inf" if v > 0 else "-inf"
+    return v
+
+
+def _cmd_floats(args: argparse.Namespace) -> int:
+    from .floats import FORMATS, decompose, get_format
+    from ._validate import fail
+
+    names = list(FORMATS) if args.formats is None else [
+        get_format(n).name for n in args.formats.split(",") if n.strip()]
+    if not names:
+        raise fail("--formats", args.formats, "name at least one format")
+    is_nan = decompose(args.value, "fp64").kind == "nan"  # also rejects a non-numeric value
+    rows = []
+    for name in names:
+        if is_nan and not FORMATS[name].has_nan:
+            print(f"padlab floats: {name} skipped: it has no NaN encoding", file=sys.stderr)
+            continue
+        rows.append(decompose(args.value, name).as_dict())
+    if args.json:
+        print(json.dumps([{k: _json_number(v) for k, v in r.items()} for r in rows], indent=2))
+        return 0
+    print(f"value {args.value} (as float64: {rows[0]['value']!r})" if rows else f"value {args.value}")
+    print(f"{'format':<12}{'stored':>24}  {'rel. error':>10}  {'kind':<10}{'exp':>6}  "
+          f"{'hex':<20}bits (sign exponent mantissa)")
+    for r in rows:
+        print(f"{r['format']:<12}{r['rounded']!r:>24}  {r['relative_error']:>10.3g}  {r['kind']:<10}"
+              f"{r['exponent']:>6}  {r['hex']:<20}{r['bits'][0]} {r['exponent_bits']} {r['mantissa_bits']}")
+    return 0
+
+
+def _add_floats(sub) -> None:
+    p = sub.add_parser(
+        "floats", help="a value's bits, stored value and error in each float format",
+        description="Show how VALUE is stored in each float format. A negative value in exponent "
+                    "form or '-inf' goes after the options and '--': padlab floats --json -- -1e-5")
+    p.add_argument("value", help="a number such as 0.1, -2.5, 1e-8, inf, nan")
+    p.add_argument("--formats", default=None,
+                   help="comma-separated formats (default: all): fp64,fp32,tf32,fp16,bf16,"
+                        "fp8-e4m3fn,fp8-e5m2,fp4-e2m1")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list, one object per format (inf and NaN as strings)")
+    p.set_defaults(func=_cmd_floats)
+
+
 # Sub-commands register here; each module's command lives in its own _add_* function.
-_ADDERS = [_add_waste]
+_ADDERS = [_add_waste, _add_floats]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
