@@ -1,0 +1,254 @@
+"""Tests for padlab.metrics and the fixed/dynamic strategies of padlab.strategies: hand-computed numbers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from padlab.data import load_corpus
+from padlab.metrics import BatchShape, padded_batches, waste
+from padlab.padding import pad_batch
+from padlab.strategies import batch_shapes, random_batches, waste_table
+
+
+def shape(rows, width, lens):
+    return BatchShape(rows=rows, width=width, seq_lengths=np.array(lens, dtype=np.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# waste(): numbers by hand
+# ---------------------------------------------------------------------------------------------
+
+def test_waste_one_batch_by_hand():
+    r = waste("dynamic", [shape(3, 5, [3, 5, 2])])
+    assert (r.batches, r.sequences) == (1, 3)
+    assert r.real_tokens == 10 and r.computed_tokens == 15 and r.padded_tokens == 5
+    assert r.efficiency == pytest.approx(10 / 15)
+    assert r.attention_real == 9 + 25 + 4 and r.attention_computed == 3 * 25
+    assert r.attention_efficiency == pytest.approx(38 / 75)
+    assert r.truncated_tokens == 0 and r.max_width == 5 and r.strategy == "dynamic"
+
+
+def test_waste_two_batches_and_truncation_by_hand():
+    r = waste("x", [shape(3, 5, [3, 5, 2]), shape(2, 4, [4, 1])], truncated_tokens=7)
+    assert r.real_tokens == 15 and r.computed_tokens == 15 + 8 and r.padded_tokens == 8
+    assert r.attention_real == 38 + 16 + 1 and r.attention_computed == 75 + 2 * 16
+    assert r.efficiency == pytest.approx(15 / 23) and r.attention_efficiency == pytest.approx(55 / 107)
+    assert r.truncated_tokens == 7 and r.max_width == 5 and r.sequences == 5
+
+
+def test_waste_block_diagonal_packed_rows():
+    # Two rows of width 6 holding three packed sequences: 10 real tokens, 2 pad slots.
+    dense = waste("packed", [shape(2, 6, [3, 3, 4])])
+    block = waste("packed", [shape(2, 6, [3, 3, 4])], block_diagonal=True)
+    assert dense.attention_real == block.attention_real == 9 + 9 + 16
+    assert dense.attention_computed == 2 * 36 and block.attention_computed == 34
+    assert block.attention_efficiency == 1.0 and block.efficiency == pytest.approx(10 / 12)
+
+
+def test_waste_as_dict_keys():
+    d = waste("fixed", [shape(1, 2, [2])]).as_dict()
+    assert {"strategy", "real_tokens", "padded_tokens", "efficiency", "attention_efficiency",
+            "truncated_tokens", "batches"} <= set(d)
+
+
+# ---------------------------------------------------------------------------------------------
+# padded_batches(): shapes by hand
+# ---------------------------------------------------------------------------------------------
+
+LENS = np.array([3, 5, 2, 8])
+
+
+def test_padded_batches_dynamic():
+    shapes, trunc = padded_batches(LENS, [np.array([0, 1]), np.array([2, 3])])
+    assert [(s.rows, s.width, s.seq_lengths.tolist()) for s in shapes] == [(2, 5, [3, 5]), (2, 8, [2, 8])]
+    assert trunc == 0
+
+
+def test_padded_batches_dynamic_truncation_and_multiple_of():
+    shapes, trunc = padded_batches(LENS, [np.array([0, 1]), np.array([2, 3])], max_length=6, pad_to_multiple_of=4)
+    assert [(s.width, s.seq_lengths.tolist()) for s in shapes] == [(8, [3, 5]), (8, [2, 6])]
+    assert trunc == 2
+
+
+def test_padded_batches_fixed():
+    shapes, trunc = padded_batches(LENS, [np.array([3, 0, 2]), np.array([1])], max_length=4, fixed=True)
+    assert [(s.rows, s.width, s.seq_lengths.tolist()) for s in shapes] == [(3, 4, [4, 3, 2]), (1, 4, [4])]
+    assert trunc == 4 + 1
+
+
+def test_padded_batches_never_mutates_input():
+    lens, batches = LENS.copy(), [np.array([0, 1]), np.array([2, 3])]
+    padded_batches(lens, batches, max_length=4)
+    assert np.array_equal(lens, LENS) and [b.tolist() for b in batches] == [[0, 1], [2, 3]]
+
+
+def test_padded_batches_widths_match_pad_batch_on_real_data():
+    # The arithmetic here and the tensors padlab.padding builds must agree.
+    corpus = load_corpus("wordnet").subset(40, seed=3)
+    batches = random_batches(len(corpus), 8, seed=1)
+    shapes, trunc = padded_batches(corpus.lengths, batches, max_length=20, pad_to_multiple_of=8)
+    total_trunc = 0
+    for s, idx in zip(shapes, batches):
+        b = pad_batch([corpus.ids(int(i)) for i in idx], max_length=20, pad_to_multiple_of=8)
+        assert b["input_ids"].shape == (s.rows, s.width)
+        assert b["attention_mask"].sum(1).tolist() == s.seq_lengths.tolist()
+        total_trunc += int(b["truncated_tokens"])
+    assert total_trunc == trunc
+
+
+# ---------------------------------------------------------------------------------------------
+# waste_table(): fixed vs dynamic
+# ---------------------------------------------------------------------------------------------
+
+def test_waste_table_one_batch_by_hand():
+    # batch_size 4 over 4 lengths: one batch whatever the shuffle.
+    fixed, dyn = waste_table(LENS, ("fixed", "dynamic"), batch_size=4, max_length=10)
+    assert fixed.real_tokens == dyn.real_tokens == 18
+    assert fixed.computed_tokens == 40 and dyn.computed_tokens == 32
+    assert fixed.efficiency == pytest.approx(0.45) and dyn.efficiency == pytest.approx(18 / 32)
+    assert fixed.attention_real == dyn.attention_real == 9 + 25 + 4 + 64
+    assert fixed.attention_computed == 4 * 100 and dyn.attention_computed == 4 * 64
+    assert fixed.truncated_tokens == dyn.truncated_tokens == 0
+
+
+def reference_table(lengths, batch_size, max_length, seed):
+    """Loop reference: same seeded shuffle, then plain Python arithmetic per batch."""
+    perm = np.random.default_rng(seed).permutation(len(lengths)).tolist()
+    out = {}
+    for fixed in (True, False):
+        real = computed = att_real = att_comp = trunc = 0
+        for start in range(0, len(perm), batch_size):
+            lens = [int(lengths[i]) for i in perm[start:start + batch_size]]
+            kept = [min(n, max_length) for n in lens]
+            trunc += sum(lens) - sum(kept)
+            w = max_length if fixed else max(kept)
+            real += sum(kept)
+            computed += len(kept) * w
+            att_real += sum(k * k for k in kept)
+            att_comp += len(kept) * w * w
+        out["fixed" if fixed else "dynamic"] = (real, computed, att_real, att_comp, trunc)
+    return out
+
+
+@pytest.mark.parametrize("batch_size,max_length,seed", [(3, 6, 0), (2, 4, 5), (7, 100, 1)])
+def test_waste_table_matches_reference(batch_size, max_length, seed):
+    lengths = np.array([4, 1, 7, 3, 9, 2, 5])
+    ref = reference_table(lengths, batch_size, max_length, seed)
+    for r in waste_table(lengths, ("fixed", "dynamic"), batch_size=batch_size, max_length=max_length, seed=seed):
+        assert (r.real_tokens, r.computed_tokens, r.attention_real, r.attention_computed,
+                r.truncated_tokens) == ref[r.strategy]
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=50), batch_size=st.integers(1, 9),
+       max_length=st.integers(1, 45), seed=st.integers(0, 2 ** 16))
+def test_property_fixed_vs_dynamic(lengths, batch_size, max_length, seed):
+    lengths = np.array(lengths)
+    fixed, dyn = waste_table(lengths, ("fixed", "dynamic"), batch_size=batch_size, max_length=max_length, seed=seed)
+    kept = np.minimum(lengths, max_length)
+    # Nothing lost but truncation, whatever the order of batches.
+    assert fixed.real_tokens == dyn.real_tokens == kept.sum()
+    assert fixed.truncated_tokens == dyn.truncated_tokens == (lengths - kept).sum()
+    assert fixed.computed_tokens == len(lengths) * max_length
+    assert dyn.computed_tokens <= fixed.computed_tokens and dyn.efficiency >= fixed.efficiency
+    assert fixed.sequences == dyn.sequences == len(lengths)
+    assert fixed.batches == -(-len(lengths) // batch_size)
+
+
+def test_same_seed_same_batches_new_seed_new_batches():
+    lengths = np.arange(1, 41)
+    a, _, _ = batch_shapes("dynamic", lengths, batch_size=4, seed=7)
+    b, _, _ = batch_shapes("dynamic", lengths, batch_size=4, seed=7)
+    c, _, _ = batch_shapes("dynamic", lengths, batch_size=4, seed=8)
+    key = lambda shapes: [s.seq_lengths.tolist() for s in shapes]  # noqa: E731
+    assert key(a) == key(b) and key(a) != key(c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rows", [0, 1.5, True])
+def test_error_batchshape_rows(rows):
+    with pytest.raises(ValueError, match=r"rows must be an integer >= 1; got"):
+        BatchShape(rows=rows, width=4, seq_lengths=np.array([1]))
+
+
+def test_error_batchshape_width():
+    with pytest.raises(ValueError, match=r"width must be an integer >= 1; got 0"):
+        BatchShape(rows=1, width=0, seq_lengths=np.array([1]))
+
+
+@pytest.mark.parametrize("lens", [np.array([], dtype=np.int64), np.array([[1]]), np.array([1.0]), [1, "a"]])
+def test_error_batchshape_seq_lengths_kind(lens):
+    with pytest.raises(ValueError, match=r"seq_lengths must be a non-empty 1-D array of integers"):
+        BatchShape(rows=1, width=4, seq_lengths=lens)
+
+
+def test_error_batchshape_zero_length():
+    with pytest.raises(ValueError, match=r"seq_lengths must hold lengths >= 1"):
+        BatchShape(rows=2, width=4, seq_lengths=np.array([3, 0]))
+
+
+def test_error_batchshape_overflow():
+    with pytest.raises(ValueError, match=r"seq_lengths must fit in rows x width = 2 x 4 \(sum is 9\)"):
+        BatchShape(rows=2, width=4, seq_lengths=np.array([4, 5]))
+
+
+def test_error_waste_no_batches():
+    with pytest.raises(ValueError, match=r"batches must hold at least one BatchShape; got \[\]"):
+        waste("fixed", [])
+
+
+def test_error_waste_not_a_batchshape():
+    with pytest.raises(ValueError, match=r"batches\[1\] must be a BatchShape; got \(2, 3\)"):
+        waste("fixed", [shape(1, 2, [2]), (2, 3)])
+
+
+def test_error_waste_negative_truncated():
+    with pytest.raises(ValueError, match=r"truncated_tokens must be an integer >= 0; got -1"):
+        waste("fixed", [shape(1, 2, [2])], truncated_tokens=-1)
+
+
+def test_error_padded_batches_fixed_without_max_length():
+    with pytest.raises(ValueError, match=r"max_length must be given when fixed=True; got None"):
+        padded_batches(LENS, [np.array([0])], fixed=True)
+
+
+def test_error_padded_batches_max_length():
+    with pytest.raises(ValueError, match=r"max_length must be an integer >= 1; got 0"):
+        padded_batches(LENS, [np.array([0])], max_length=0)
+
+
+def test_error_padded_batches_multiple_of():
+    with pytest.raises(ValueError, match=r"pad_to_multiple_of must be an integer >= 1; got 0"):
+        padded_batches(LENS, [np.array([0])], pad_to_multiple_of=0)
+
+
+def test_error_strategy_unknown():
+    with pytest.raises(ValueError, match=r"strategy must be one of .*'fixed'.*; got 'sorted'"):
+        batch_shapes("sorted", LENS)
+
+
+def test_error_strategy_batch_size():
+    with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1; got 0"):
+        waste_table(LENS, ("fixed",), batch_size=0)
+
+
+def test_error_strategy_max_length():
+    with pytest.raises(ValueError, match=r"max_length must be an integer >= 1; got -2"):
+        waste_table(LENS, ("dynamic",), max_length=-2)
+
+
+def test_error_strategy_seed():
+    with pytest.raises(ValueError, match=r"seed must be an integer; got 0.5"):
+        batch_shapes("fixed", LENS, seed=0.5)
+
+
+@pytest.mark.parametrize("lengths", [np.array([], dtype=np.int64), np.array([3, 0]), np.array([1.5]),
+                                     np.array([[1, 2]])])
+def test_error_strategy_lengths(lengths):
+    with pytest.raises(ValueError, match=r"lengths must be a non-empty 1-D array of integers >= 1"):
+        batch_shapes("fixed", lengths)
