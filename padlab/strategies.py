@@ -34,8 +34,42 @@ def _dynamic(lengths, batch_size, max_length, seed, pad_to_multiple_of=None, **_
                           max_length=max_length, pad_to_multiple_of=pad_to_multiple_of), False
 
 
+def default_max_tokens(lengths: np.ndarray, batch_size: int, max_length: int) -> int:
+    """The token budget the ``token-budget`` strategy uses when none is given.
+
+    ``batch_size`` rows of the mean (truncated) length, so it makes about as many batches
+    as the fixed-size strategies (a few more, since bucketed rows still carry some
+    padding); at least the longest truncated sequence, so every sequence fits.
+    """
+    kept = np.minimum(np.asarray(lengths), max_length)
+    return max(batch_size * int(np.ceil(kept.mean())), int(kept.max()))
+
+
+def _bucketed(lengths, batch_size, max_length, seed, pad_to_multiple_of=None, mega_batch=50, noise=0.0, **_):
+    from .batching import BucketBatchSampler
+
+    # Sort by the length the collator will produce (truncated), not the raw one.
+    kept = np.minimum(lengths, max_length)
+    batches = BucketBatchSampler(kept, batch_size, mega_batch=mega_batch, noise=noise, seed=seed,
+                                 num_replicas=1, rank=0).epoch_batches(0)
+    return padded_batches(lengths, batches, max_length=max_length, pad_to_multiple_of=pad_to_multiple_of), False
+
+
+def _token_budget(lengths, batch_size, max_length, seed, pad_to_multiple_of=None, mega_batch=50, noise=0.0,
+                  max_tokens=None, **_):
+    from .batching import TokenBudgetBatchSampler
+
+    kept = np.minimum(lengths, max_length)
+    if max_tokens is None:
+        max_tokens = default_max_tokens(lengths, batch_size, max_length)
+    batches = TokenBudgetBatchSampler(kept, max_tokens, mega_batch=mega_batch, noise=noise, seed=seed,
+                                      num_replicas=1, rank=0).epoch_batches(0)
+    return padded_batches(lengths, batches, max_length=max_length, pad_to_multiple_of=pad_to_multiple_of), False
+
+
 # Each builder returns ((shapes, truncated_tokens), block_diagonal).
-_BUILDERS: dict[str, Callable] = {"fixed": _fixed, "dynamic": _dynamic}
+_BUILDERS: dict[str, Callable] = {"fixed": _fixed, "dynamic": _dynamic, "bucketed": _bucketed,
+                                  "token-budget": _token_budget}
 
 
 def available() -> tuple[str, ...]:
