@@ -221,7 +221,8 @@ def _as_float64(values: Any, name: str = "values") -> np.ndarray:
         arr = np.asarray(values)
         if arr.dtype.kind not in "biuf" and arr.dtype.type not in _EXTRA_FLOATS:
             raise TypeError
-        return arr.astype(np.float64, copy=False)
+        with np.errstate(invalid="ignore"):  # NaN in a narrow dtype
+            return arr.astype(np.float64, copy=False)
     except (TypeError, ValueError):
         raise fail(name, values, "be a number or an array of real numbers") from None
 
@@ -259,9 +260,10 @@ def _cast(x: np.ndarray, fmt: FloatFormat) -> np.ndarray:
     store = _STORE[fmt.name][0]
     if fmt.name == "fp64":
         return x.copy()
-    t = _round_to_odd_f32(x)
     if fmt.name == "fp32":
-        return t
+        with np.errstate(over="ignore", invalid="ignore"):
+            return x.astype(np.float32)
+    t = _round_to_odd_f32(x)
     if fmt.name == "tf32":
         return _tf32_from_f32(t)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -307,7 +309,8 @@ def decode(patterns: Any, fmt: "str | FloatFormat") -> np.ndarray:
         raise fail("patterns", patterns, f"be in [0, 2**{fmt.total_bits}) for {fmt.name}")
     store, uint, shift = _STORE[fmt.name]
     stored = (p.astype(np.uint64) << np.uint64(shift)).astype(uint).view(store)
-    out = stored.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # NaN patterns
+        out = stored.astype(np.float64)
     return out if out.ndim else out[()]
 
 
