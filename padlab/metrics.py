@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ._validate import check_int, fail
+from ._validate import check_choice, check_int, fail
 
 
 @dataclass(frozen=True)
@@ -113,3 +113,185 @@ def padded_batches(lengths: np.ndarray, batches: Sequence[np.ndarray], *, max_le
             w = -(-w // mult) * mult
         shapes.append(BatchShape(rows=len(kept), width=w, seq_lengths=kept))
     return shapes, truncated
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory and time of a model: parameters, optimizer state, saved activations, FLOPs, kernels
+# ---------------------------------------------------------------------------------------------
+
+#: Bytes per element of each storage precision.
+BYTES_PER_ELEMENT = {"fp64": 8, "fp32": 4, "bf16": 2, "fp16": 2}
+#: Training precisions :func:`parameter_memory` knows: pure fp32, pure half (weights, gradients and
+#: optimizer states all in bf16/fp16), and ``"amp"`` (torch.autocast: fp32 weights, gradients and
+#: states, plus the half-precision weight copies autocast makes for the forward pass).
+PRECISIONS = ("fp32", "bf16", "fp16", "amp")
+#: Optimizer state tensors per trainable parameter (each as large as the parameter).
+OPTIMIZER_STATES = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
+#: aten kernels that ``torch.nn.functional.scaled_dot_product_attention`` dispatches to.
+SDPA_KERNELS = {
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "flash",
+    "aten::_scaled_dot_product_flash_attention": "flash",
+    "aten::_scaled_dot_product_efficient_attention": "efficient",
+    "aten::_scaled_dot_product_cudnn_attention": "cudnn",
+    "aten::_scaled_dot_product_fused_attention_overrideable": "overrideable",
+    "aten::_scaled_dot_product_attention_math": "math",
+    "aten::_scaled_dot_product_attention_math_for_mps": "math",
+}
+
+
+def parameter_memory(model, precision: str = "fp32", optimizer: str = "adam") -> dict[str, int]:
+    """Bytes that a model's parameters cost in training, before any activation.
+
+    Counts the model's own parameter tensors (shared ones once, as ``model.parameters()`` does):
+    ``weights`` for all of them; ``gradients`` and ``optimizer`` state only for those with
+    ``requires_grad``. Per trainable parameter this gives 16 bytes for fp32 + Adam (4 + 4 + 2 x 4),
+    8 for pure bf16/fp16 + Adam (2 + 2 + 2 x 2) and, for ``"amp"``, the fp32 16 plus 2 bytes of
+    ``half_copies`` (the casts autocast keeps for backward). Returns ints:
+    ``parameters, trainable, weights, gradients, optimizer, half_copies, total``.
+    """
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise fail("model", model, "be a torch.nn.Module")
+    check_choice("precision", precision, PRECISIONS)
+    check_choice("optimizer", optimizer, OPTIMIZER_STATES)
+    params = list(model.parameters())
+    n = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    full = BYTES_PER_ELEMENT["fp32"] if precision == "amp" else BYTES_PER_ELEMENT[precision]
+    out = {
+        "parameters": n,
+        "trainable": trainable,
+        "weights": n * full,
+        "gradients": trainable * full,
+        "optimizer": trainable * full * OPTIMIZER_STATES[optimizer],
+        "half_copies": trainable * BYTES_PER_ELEMENT["bf16"] if precision == "amp" else 0,
+    }
+    out["total"] = sum(v for k, v in out.items() if k not in ("parameters", "trainable"))
+    return out
+
+
+def saved_activation_bytes(fn, *, exclude=()) -> int:
+    """Bytes that autograd keeps for the backward pass while ``fn()`` runs (its activation memory).
+
+    Every tensor saved for backward is seen through ``torch.autograd.graph.saved_tensors_hooks``;
+    each distinct storage is counted once at its full size (a view keeps its whole storage alive).
+    Storages of tensors in ``exclude`` (e.g. ``model.parameters()``, which are weights, not
+    activations) are left out. Deterministic: it counts bytes, it does not sample an allocator.
+    """
+    import torch
+
+    if not callable(fn):
+        raise fail("fn", fn, "be a callable taking no arguments")
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
+    keep = []  # hold every saved tensor until fn returns, so no storage address is reused meanwhile
+
+    def pack(t):
+        keep.append(t)
+        s = t.untyped_storage()
+        if s.data_ptr() not in skip:
+            seen.setdefault(s.data_ptr(), s.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    del result, keep
+    return int(sum(seen.values()))
+
+
+class _QuietStderr:
+    """Silence file descriptor 2 (the profiler's C++ layer prints start/stop lines there)."""
+
+    def __enter__(self):
+        import os
+        import sys
+
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        return False
+
+
+def op_names(fn) -> list[str]:
+    """Names of the aten operators that ``fn()`` runs, in order, as ``torch.profiler`` records them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if not callable(fn):
+        raise fail("fn", fn, "be a callable taking no arguments")
+    with _QuietStderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    return [e.name for e in events if e.name.startswith("aten::")]
+
+
+def sdpa_backend_used(q, k, v, attn_mask=None, *, backends=None) -> str:
+    """Which SDPA backend ran for these inputs: ``"math"``, ``"flash"``, ``"efficient"``, ``"cudnn"``.
+
+    Runs ``scaled_dot_product_attention(q, k, v, attn_mask)`` once (under
+    ``torch.nn.attention.sdpa_kernel(backends)`` when ``backends`` is given) and reads the kernel's
+    name from the profiler (see :data:`SDPA_KERNELS`).
+    """
+    import contextlib
+
+    import torch.nn.functional as F
+    from torch.nn.attention import sdpa_kernel
+
+    ctx = sdpa_kernel(backends) if backends is not None else contextlib.nullcontext()
+    with ctx:
+        names = op_names(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask))
+    for name in names:
+        if name in SDPA_KERNELS:
+            return SDPA_KERNELS[name]
+    raise fail("q", tuple(q.shape), f"run a known SDPA kernel (the profiler saw {sorted(set(names))})")
+
+
+def flop_count(fn) -> int:
+    """Floating-point operations of ``fn()`` as ``torch.utils.flop_counter.FlopCounterMode`` counts them.
+
+    The counter knows matmuls, convolutions and the GPU attention kernels; it counts 0 for kernels
+    it has no formula for (such as the CPU flash-attention kernel), so count attention on the math
+    backend.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if not callable(fn):
+        raise fail("fn", fn, "be a callable taking no arguments")
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` calls after ``warmup`` calls.
+
+    Synchronises CUDA around each call so GPU work is timed, not just queued.
+    """
+    import time
+
+    import torch
+
+    if not callable(fn):
+        raise fail("fn", fn, "be a callable taking no arguments")
+    repeats = check_int("repeats", repeats, min_value=1)
+    warmup = check_int("warmup", warmup, min_value=0)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
