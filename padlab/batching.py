@@ -487,6 +487,7 @@ def restore_order(values: Any, order: Any) -> Any:
     idx = np.asarray(order)
     if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
         raise fail("order", order, "be a 1-D sequence of integer indices")
+    idx = idx.astype(np.int64, copy=False)  # an empty list arrives as float64
     try:
         n = len(values)
     except TypeError:
