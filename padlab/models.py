@@ -428,6 +428,9 @@ class EncoderForSequenceClassification(nn.Module):
             if self.task == "classification":
                 loss = F.cross_entropy(logits.float(), labels)
             else:
+                if labels.numel() != logits.numel():
+                    raise fail("labels", tuple(labels.shape),
+                               f"hold num_labels={logits.shape[1]} targets per sequence for regression")
                 loss = F.mse_loss(logits.float().reshape(labels.shape), labels.float())
         return HeadOutput(loss, logits)
 
@@ -501,7 +504,7 @@ class EncoderForMaskedLM(nn.Module):
                               cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         flat, _ = _flat_hidden(hidden)
         n_flat = flat.shape[0]
-        shape = () if input_ids.is_nested else tuple(input_ids.shape)
+        shape = (n_flat,) if input_ids.is_nested else tuple(input_ids.shape)
         full_labels = mlm_labels is not None and mlm_labels.numel() == n_flat and \
             (mlm_labels.is_nested or tuple(mlm_labels.shape) == shape)
         if full_labels and mlm_labels.is_nested:

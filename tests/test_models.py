@@ -397,6 +397,28 @@ def test_nested_gradients_and_heads_equal_padded():
     assert _grad_error(_grads(model), ref_g) < FP32_REL
 
 
+@needs_nested
+def test_nested_mlm_equals_padded():
+    torch.manual_seed(24)
+    model = EncoderForMaskedLM(tiny()).eval()
+    seqs = seqs_of((5, 8), seed=25)
+    flat_pos = torch.tensor([1, 3, 5 + 2, 5 + 6])              # positions in the concatenation
+    labels = torch.cat(seqs)[flat_pos]
+    ids, mask, pos = pad_by_hand(seqs, 8, "right")
+    padded_pos = torch.tensor([1, 3, 8 + 2, 8 + 6])            # the same tokens in the (2, 8) grid
+    full = torch.full((13,), IGNORE_INDEX)
+    full[flat_pos] = labels
+    with torch.no_grad():
+        ref = model(ids, mask, pos, masked_positions=padded_pos, mlm_labels=labels)
+        nested = model(torch.nested.nested_tensor(seqs, layout=torch.jagged), mlm_labels=full)
+        varlen = model(torch.cat(seqs), cu_seqlens=torch.tensor([0, 5, 13]), masked_positions=flat_pos,
+                       mlm_labels=labels)
+    for got in (nested, varlen):
+        assert got.logits.shape == (4, VOCAB)
+        torch.testing.assert_close(got.logits, ref.logits, atol=ATOL, rtol=0)
+        torch.testing.assert_close(got.loss, ref.loss, atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("version, cuda, gpu, ok", [
     ("2.14.1+cu130", "13.0", False, False),    # the known crash: CUDA build, no GPU
     ("2.14.1+cu130", "13.0", True, True),
@@ -736,6 +758,23 @@ def test_head_bad_input():
     with pytest.raises(ValueError, match="mlm_labels must have the input's shape or one entry per masked"):
         mlm(torch.ones(2, 4, dtype=torch.long), masked_positions=torch.tensor([1, 2]),
             mlm_labels=torch.zeros(3, dtype=torch.long))
+
+
+def test_regression_labels_must_match_num_labels():
+    model = EncoderForSequenceClassification(tiny(num_labels=2), task="regression")
+    with pytest.raises(ValueError, match="labels must hold num_labels=2 targets per sequence for regression"):
+        model(torch.ones(2, 4, dtype=torch.long), labels=torch.zeros(2))
+
+
+def test_bf16_autocast_runs_finite():
+    torch.manual_seed(26)
+    model = EncoderForMaskedLM(tiny())
+    seqs = seqs_of((3, 9), seed=27)
+    ids, mask, pos = pad_by_hand(seqs, 9, "left")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, mask, pos, masked_positions=torch.tensor([7, 10, 12]), mlm_labels=ids.reshape(-1)[[7, 10, 12]])
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_regression_head_trains_one_step():
