@@ -6,9 +6,16 @@ padlab functions the tests check, so a browser test can compare the page with pa
 """
 from __future__ import annotations
 
+import functools
+
 import ipywidgets as W
 import matplotlib.pyplot as plt
 from IPython.display import display
+
+from . import viz
+from ._validate import check_choice, check_int, fail
+from .data import CORPORA, load_corpus
+from .strategies import waste_table
 
 
 def _show(out: W.Output, fig) -> None:
@@ -19,6 +26,99 @@ def _show(out: W.Output, fig) -> None:
     plt.close(fig)
 
 # --- chapters 01-02: fixed and dynamic padding -----------------------------------------------
+
+#: Grids the curves are drawn on (the readout is computed for the exact control value).
+MAX_LENGTH_GRID = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512)
+BATCH_SIZE_GRID = (8, 16, 32, 64, 128, 256, 512)
+
+
+def _fixed_readout(corpus: str, max_length: int, report) -> str:
+    kept, cut = report.real_tokens, report.truncated_tokens
+    return (f"{corpus}, max_length {max_length}: efficiency {report.efficiency:.1%} "
+            f"(padding is {1 - report.efficiency:.1%} of computed tokens); "
+            f"{cut:,} of {kept + cut:,} real tokens truncated ({cut / (kept + cut):.2%})")
+
+
+def _dynamic_readout(corpus: str, batch_size: int, max_length: int, fixed, dynamic) -> str:
+    return (f"{corpus}, batch size {batch_size}: dynamic padding efficiency {dynamic.efficiency:.1%} "
+            f"against {fixed.efficiency:.1%} for fixed padding to {max_length}; "
+            f"{fixed.computed_tokens / dynamic.computed_tokens:.2f}x fewer computed tokens")
+
+
+@functools.lru_cache(maxsize=8)
+def _fixed_curve(corpus: str, batch_size: int) -> tuple[tuple[int, ...], list[float], list[float]]:
+    lengths = load_corpus(corpus).lengths
+    wasted, truncated = [], []
+    for m in MAX_LENGTH_GRID:
+        (r,) = waste_table(lengths, ("fixed",), batch_size=batch_size, max_length=m)
+        wasted.append(1 - r.efficiency)
+        truncated.append(r.truncated_tokens / (r.real_tokens + r.truncated_tokens))
+    return MAX_LENGTH_GRID, wasted, truncated
+
+
+@functools.lru_cache(maxsize=8)
+def _batch_curve(corpus: str, max_length: int) -> dict[str, list[float]]:
+    lengths = load_corpus(corpus).lengths
+    curves: dict[str, list[float]] = {f"fixed ({max_length})": [], "dynamic": []}
+    for b in BATCH_SIZE_GRID:
+        fixed, dynamic = waste_table(lengths, ("fixed", "dynamic"), batch_size=b, max_length=max_length)
+        curves[f"fixed ({max_length})"].append(fixed.efficiency)
+        curves["dynamic"].append(dynamic.efficiency)
+    return curves
+
+
+def fixed_padding_widget(corpus: str = "fortunes", max_length: int = 128, *, batch_size: int = 32) -> W.VBox:
+    """Fixed padding: a ``max_length`` slider and a corpus dropdown; the readout gives efficiency and
+    truncation from :func:`padlab.strategies.waste_table` (strategy ``"fixed"``) over the whole corpus."""
+    check_choice("corpus", corpus, CORPORA)
+    max_length = check_int("max_length", max_length, min_value=8)
+    if max_length > 512:
+        raise fail("max_length", max_length, "be at most 512 (the slider's range)")
+    batch_size = check_int("batch_size", batch_size, min_value=1)
+    pick = W.Dropdown(options=list(CORPORA), value=corpus, description="corpus")
+    slider = W.IntSlider(value=max_length, min=8, max=512, step=8, description="max_length",
+                         continuous_update=False)
+    readout = W.HTML()
+    readout.add_class("padlab-readout")
+    out = W.Output()
+
+    def update(_=None) -> None:
+        (report,) = waste_table(load_corpus(pick.value).lengths, ("fixed",), batch_size=batch_size,
+                                max_length=slider.value)
+        readout.value = _fixed_readout(pick.value, slider.value, report)
+        grid, wasted, truncated = _fixed_curve(pick.value, batch_size)
+        _show(out, viz.waste_vs_max_length(grid, wasted, truncated, corpus=pick.value, current=slider.value))
+
+    pick.observe(update, names="value")
+    slider.observe(update, names="value")
+    update()
+    return W.VBox([W.HBox([pick, slider]), readout, out])
+
+
+def dynamic_padding_widget(corpus: str = "fortunes", batch_size: int = 32, *, max_length: int = 512) -> W.VBox:
+    """Dynamic padding: a batch-size slider and a corpus dropdown; the readout compares the
+    ``"dynamic"`` and ``"fixed"`` rows of :func:`padlab.strategies.waste_table` at that batch size."""
+    check_choice("corpus", corpus, CORPORA)
+    check_choice("batch_size", batch_size, BATCH_SIZE_GRID)
+    max_length = check_int("max_length", max_length, min_value=1)
+    pick = W.Dropdown(options=list(CORPORA), value=corpus, description="corpus")
+    slider = W.SelectionSlider(options=list(BATCH_SIZE_GRID), value=batch_size, description="batch size",
+                               continuous_update=False)
+    readout = W.HTML()
+    readout.add_class("padlab-readout")
+    out = W.Output()
+
+    def update(_=None) -> None:
+        fixed, dynamic = waste_table(load_corpus(pick.value).lengths, ("fixed", "dynamic"),
+                                     batch_size=slider.value, max_length=max_length)
+        readout.value = _dynamic_readout(pick.value, slider.value, max_length, fixed, dynamic)
+        _show(out, viz.waste_vs_batch_size(BATCH_SIZE_GRID, _batch_curve(pick.value, max_length),
+                                           corpus=pick.value, current=slider.value))
+
+    pick.observe(update, names="value")
+    slider.observe(update, names="value")
+    update()
+    return W.VBox([W.HBox([pick, slider]), readout, out])
 
 # --- chapter 03: bucketing --------------------------------------------------------------------
 
