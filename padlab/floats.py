@@ -231,6 +231,19 @@ _EXTRA_FLOATS = {ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e
                  ml_dtypes.float4_e2m1fn}
 
 
+def _as_float(values: Any, name: str = "values") -> np.ndarray:
+    """Like :func:`_as_float64`, but float32 stays float32 and narrower floats widen to it (exactly)."""
+    if hasattr(values, "detach") and hasattr(values, "cpu"):
+        t = values.detach()
+        narrow = str(t.dtype) in ("torch.float32", "torch.float16", "torch.bfloat16")
+        values = (t.float() if narrow else t.double()).cpu().numpy()
+    arr = values if isinstance(values, np.ndarray) else None
+    if arr is not None and (arr.dtype == np.float32 or arr.dtype.type in _EXTRA_FLOATS | {np.float16}):
+        with np.errstate(invalid="ignore"):
+            return arr.astype(np.float32, copy=False)
+    return _as_float64(values, name)
+
+
 def _round_to_odd_f32(x: np.ndarray) -> np.ndarray:
     """float64 -> float32 rounding to odd: truncate, then set the last bit if anything was lost.
 
@@ -256,14 +269,13 @@ def _tf32_from_f32(t: np.ndarray) -> np.ndarray:
 
 
 def _cast(x: np.ndarray, fmt: FloatFormat) -> np.ndarray:
-    """``x`` (float64) rounded into the format's storage dtype."""
+    """``x`` (float64, or float32) rounded into the format's storage dtype, as a new array."""
     store = _STORE[fmt.name][0]
-    if fmt.name == "fp64":
-        return x.copy()
-    if fmt.name == "fp32":
+    if fmt.name in ("fp64", "fp32"):
         with np.errstate(over="ignore", invalid="ignore"):
-            return x.astype(np.float32)
-    t = _round_to_odd_f32(x)
+            return x.astype(store)
+    # float32 needs no round-to-odd step: it is exact already.
+    t = x if x.dtype == np.float32 else _round_to_odd_f32(x)
     if fmt.name == "tf32":
         return _tf32_from_f32(t)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -276,7 +288,7 @@ def round_to(values: Any, fmt: "str | FloatFormat") -> np.ndarray:
     NaN stays NaN even in fp4-e2m1, which cannot store it.
     """
     fmt = get_format(fmt)
-    x = _as_float64(values)
+    x = _as_float(values)
     out = _cast(x, fmt).astype(np.float64)
     if fmt.nan_encoding == "none":
         out = np.where(np.isnan(x), np.nan, out)
@@ -593,25 +605,32 @@ def range_fractions(values: Any, fmt: "str | FloatFormat") -> dict[str, float]:
     Accepts numpy arrays and torch tensors of any float dtype.
     """
     fmt = get_format(fmt)
-    x = _as_float64(values).ravel()
+    x = _as_float(values).ravel()
     if x.size == 0:
         raise fail("values", values, "hold at least one value")
+    # Where round-to-nearest-even puts a magnitude, read off thresholds (no rounding needed):
+    # half the smallest subnormal ties to 0; the midpoint below the smallest normal ties up to
+    # it; at the overflow threshold a tie overflows only if max's mantissa is odd.
+    tiny = fmt.smallest_subnormal / 2
+    edge = fmt.smallest_normal - tiny
+    top = fmt.overflow_threshold
+    with np.errstate(over="ignore"):
+        exact = all(float(x.dtype.type(t)) == t for t in (tiny, edge, top))
+    if not exact:  # compare in float64 unless every threshold is exact in the input's dtype
+        x = x.astype(np.float64)
     a = np.abs(x)
-    finite = np.isfinite(x)
-    thr = fmt.overflow_threshold
-    # At exactly the threshold, round-to-nearest-even overflows only if max's mantissa is odd.
-    overflow = finite & ((a > thr) | ((a == thr) & bool(fmt.max_mantissa % 2)))
-    stored = np.abs(np.asarray(round_to(x, fmt), dtype=np.float64))
-    inrange = finite & ~overflow & (x != 0)
-    counts = {
-        "zero": np.count_nonzero(x == 0),
-        "underflow": np.count_nonzero(inrange & (stored == 0)),
-        "subnormal": np.count_nonzero(inrange & (stored > 0) & (stored < fmt.smallest_normal)),
-        "normal": np.count_nonzero(inrange & (stored >= fmt.smallest_normal)),
-        "overflow": np.count_nonzero(overflow),
-        "nonfinite": np.count_nonzero(~finite),
-    }
-    return {k: int(v) / x.size for k, v in counts.items()}
+    n = a.size
+    nonfinite = n - np.count_nonzero(np.isfinite(a))
+    zero = np.count_nonzero(a == 0)
+    underflow = np.count_nonzero(a <= tiny) - zero
+    subnormal = np.count_nonzero(a < edge) - zero - underflow
+    overflow = np.count_nonzero(a > top) - np.count_nonzero(np.isinf(a))
+    if fmt.max_mantissa % 2:
+        overflow += np.count_nonzero(a == top)
+    normal = n - nonfinite - zero - underflow - subnormal - overflow
+    counts = {"zero": zero, "underflow": underflow, "subnormal": subnormal, "normal": normal,
+              "overflow": overflow, "nonfinite": nonfinite}
+    return {k: int(v) / n for k, v in counts.items()}
 
 
 def underflow_fraction(values: Any, fmt: "str | FloatFormat") -> float:
