@@ -673,6 +673,12 @@ def model_flops(config: EncoderConfig, real_tokens: int, masked_tokens: int, seq
     embedding tables excluded (a lookup multiplies nothing), biases and LayerNorms included
     unless ``matmul_only`` (they add ~0.1% at BERT-base sizes). ``seq_lengths`` are the real
     sequence lengths; they must sum to ``real_tokens``.
+
+    ``FlopCounterMode`` agrees exactly (``matmul_only``) when attention runs as plain matmuls
+    (SDPA's math backend). Under fused GPU kernels (flash, memory-efficient, cuDNN) it counts
+    the backward at 2.5x the forward, because those kernels recompute ``Q K^T``: 14, not 12,
+    ``L^2 H`` per layer (seen on an H100, torch 2.11). Recomputation is not model work, so
+    this formula leaves it out.
     """
     counts = parameter_counts(config, matmul_only=matmul_only)
     real_tokens = check_int("real_tokens", real_tokens, min_value=0)

@@ -685,7 +685,9 @@ def test_model_flops_matches_flop_counter():
     two bmm per head the counter sees (4 L^2 H forward, 8 L^2 H backward); CPU's fused kernel
     is not registered with the counter and would count 0. With ``matmul_only`` the match is
     exact; the default counts (biases and LayerNorms) are higher by 6 x those parameters x
-    tokens, about 1.6% at this tiny size and ~0.1% at BERT-base.
+    tokens, about 1.6% at this tiny size and ~0.1% at BERT-base. (On a GPU the fused attention
+    kernels' backward recomputes Q K^T and the counter reports 14 instead of 12 L^2 H per layer;
+    the formula counts model work, without the recomputation.)
     """
     torch.manual_seed(19)
     cfg = tiny(layers=2)
