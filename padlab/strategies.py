@@ -67,9 +67,31 @@ def _token_budget(lengths, batch_size, max_length, seed, pad_to_multiple_of=None
     return padded_batches(lengths, batches, max_length=max_length, pad_to_multiple_of=pad_to_multiple_of), False
 
 
+def _packed(lengths, batch_size, max_length, seed, algorithm="ffd", max_per_pack=None, varlen=False, **_):
+    """Packs of ``max_length`` tokens (sequences cut to it), in a seeded random order.
+
+    A batch holds ``max(1, round(batch_size * mean kept length / max_length))`` packs, so it
+    carries about ``batch_size`` sequences, like the other strategies' batches. A dense
+    block-diagonal mask still computes every row's full ``max_length**2`` scores; ``varlen=True``
+    models a varlen kernel that computes only each sequence's own block.
+    """
+    from .packing import pack
+
+    if not isinstance(varlen, (bool, np.bool_)):
+        raise fail("varlen", varlen, "be True or False")
+    result = pack(lengths, max_length, algorithm=algorithm, max_per_pack=max_per_pack, truncate=True)
+    rows = max(1, round(batch_size * float(result.lengths.mean()) / max_length))
+    order = np.random.default_rng(seed).permutation(result.n_packs)
+    packs = result.packs
+    shapes = [BatchShape(rows=len(ps), width=max_length,
+                         seq_lengths=result.lengths[np.concatenate([packs[p] for p in ps])])
+              for ps in np.split(order, np.arange(rows, result.n_packs, rows))]
+    return (shapes, result.truncated_tokens), bool(varlen)
+
+
 # Each builder returns ((shapes, truncated_tokens), block_diagonal).
 _BUILDERS: dict[str, Callable] = {"fixed": _fixed, "dynamic": _dynamic, "bucketed": _bucketed,
-                                  "token-budget": _token_budget}
+                                  "token-budget": _token_budget, "packed": _packed}
 
 
 def available() -> tuple[str, ...]:

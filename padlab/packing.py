@@ -1,0 +1,627 @@
+"""Sequence packing: several whole sequences share one row, and nothing leaks between them.
+
+Packing treats rows as bins of ``capacity`` tokens and sequences as items. Two algorithms:
+
+* ``"ffd"``, first-fit-decreasing: take sequences longest first (ties in index order) and put each
+  into the first pack that still has room, opening a new pack when none has.
+* ``"spfhp"``, shortest-pack-first histogram-packing (Krell et al., arXiv:2107.02027): walk the
+  length histogram from longest to shortest; each sequence goes into the open pack with the
+  *most* room left that still fits it (the shortest pack, hence the name), else into a new pack.
+
+Both work on the histogram of lengths, not on single sequences: all sequences of one length are
+placed in bulk (``count x pack``), so the Python work grows with ``capacity`` and the number of
+distinct pack states, not with the number of sequences; turning the result into indices is
+vectorised. Sequences stay whole; one longer than ``capacity`` is refused unless
+``truncate=True``, which keeps its first ``capacity`` tokens and counts the rest.
+
+:class:`PackedCollator` turns packs of examples into one row per pack, with position ids that
+restart at each sequence, per-token sequence ids, ``cu_seqlens`` offsets (the flash-attention
+varlen convention) and a block-diagonal attention mask. A plain ``DataLoader`` drives it through
+:class:`PackedDataset`, whose items are packs (lists of examples)::
+
+    from torch.utils.data import DataLoader
+    corpus = load_corpus("wordnet")
+    result = pack(corpus.lengths, 256, algorithm="spfhp").validate()
+    loader = DataLoader(PackedDataset(corpus, result), batch_size=8, shuffle=True,
+                        collate_fn=PackedCollator(256))
+    batch = next(iter(loader))   # input_ids 8 x 256, block_mask 8 x 256 x 256, cu_seqlens, ...
+
+The packing itself is fixed; ``shuffle=True`` reorders whole packs each epoch. For new pack
+*contents* each epoch, pack again (SPFHP and FFD are deterministic in the lengths, so permute
+the dataset first, e.g. with ``corpus.select(rng.permutation(len(corpus)))``).
+"""
+from __future__ import annotations
+
+import itertools
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ._validate import check_choice, check_int, fail
+from .padding import _as_int_array, _check_bool, _is_per_token, _stack_scalars
+
+ALGORITHMS = ("ffd", "spfhp")
+
+__all__ = ["ALGORITHMS", "PackResult", "pack", "first_fit_decreasing", "shortest_pack_first_histogram",
+           "PackedCollator", "PackedDataset"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The result
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PackResult:
+    """Which sequences share each pack, stored flat.
+
+    ``indices[offsets[p]:offsets[p + 1]]`` are the sequences of pack ``p`` (indices into the
+    caller's ``lengths``), in the order they sit in the row. ``lengths`` are the kept lengths
+    (after truncation); ``truncated_tokens`` counts what truncation dropped.
+    """
+
+    indices: np.ndarray
+    offsets: np.ndarray
+    capacity: int
+    lengths: np.ndarray
+    truncated_tokens: int = 0
+    max_per_pack: int | None = None
+    algorithm: str = ""
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @classmethod
+    def from_packs(cls, packs: Sequence[Sequence[int]], lengths: Any, capacity: int, *,
+                   max_per_pack: int | None = None, algorithm: str = "") -> "PackResult":
+        """Build a result from explicit packs (lists of indices); call :meth:`validate` to check it."""
+        capacity = check_int("capacity", capacity, min_value=1)
+        packs = [np.asarray(p, dtype=np.int64).reshape(-1) for p in packs]
+        sizes = np.array([p.size for p in packs], dtype=np.int64)
+        offsets = np.zeros(len(packs) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        flat = np.concatenate(packs) if packs else np.zeros(0, dtype=np.int64)
+        return cls(flat, offsets, capacity, np.array(lengths, dtype=np.int64), 0, max_per_pack, algorithm)
+
+    @property
+    def n_packs(self) -> int:
+        """Number of packs (rows)."""
+        return int(self.offsets.size - 1)
+
+    @property
+    def packs(self) -> list[np.ndarray]:
+        """One array of sequence indices per pack (read-only views of :attr:`indices`)."""
+        if "packs" not in self._cache:
+            self._cache["packs"] = np.split(self.indices, self.offsets[1:-1])
+        return self._cache["packs"]
+
+    @property
+    def pack_sizes(self) -> np.ndarray:
+        """Sequences per pack."""
+        return np.diff(self.offsets)
+
+    @property
+    def pack_tokens(self) -> np.ndarray:
+        """Kept tokens per pack."""
+        if self.n_packs == 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.add.reduceat(self.lengths[self.indices], self.offsets[:-1])
+
+    @property
+    def efficiency(self) -> float:
+        """Kept tokens over ``n_packs x capacity``: the share of the packed rows that is real."""
+        if self.n_packs == 0:
+            return float("nan")
+        return float(self.lengths.sum()) / (self.n_packs * self.capacity)
+
+    def validate(self, n: int | None = None) -> "PackResult":
+        """Check a full assignment of ``n`` sequences (default: ``len(lengths)``); return ``self``.
+
+        Every index in ``0..n-1`` in exactly one pack, no empty pack, no pack over ``capacity``
+        tokens, and no pack over ``max_per_pack`` sequences. Raises ``AssertionError`` naming
+        the first offence.
+        """
+        n = self.lengths.size if n is None else check_int("n", n, min_value=0)
+        idx, off = self.indices, self.offsets
+        assert off.ndim == 1 and off.size >= 1 and off[0] == 0 and off[-1] == idx.size, \
+            f"offsets must run from 0 to len(indices)={idx.size}; got {off[:3]}...{off[-3:]}"
+        sizes = np.diff(off)
+        if sizes.size and sizes.min() < 1:
+            p = int(np.argmin(sizes))
+            raise AssertionError(f"pack {p} is empty")
+        assert idx.size == n, f"{idx.size} sequences are assigned, expected {n}"
+        if n == 0:
+            return self
+        lo, hi = int(idx.min()), int(idx.max())
+        assert lo >= 0 and hi < n, f"indices must lie in [0, {n}); found {lo if lo < 0 else hi}"
+        counts = np.bincount(idx, minlength=n)
+        if counts.max() > 1:
+            i = int(np.argmax(counts > 1))
+            raise AssertionError(f"sequence {i} is in {int(counts[i])} packs")
+        tokens = self.pack_tokens
+        if tokens.max() > self.capacity:
+            p = int(np.argmax(tokens > self.capacity))
+            raise AssertionError(f"pack {p} holds {int(tokens[p])} tokens > capacity {self.capacity}: "
+                                 f"sequences {self.indices[off[p]:off[p + 1]].tolist()[:20]}")
+        if self.max_per_pack is not None and sizes.max() > self.max_per_pack:
+            p = int(np.argmax(sizes > self.max_per_pack))
+            raise AssertionError(f"pack {p} holds {int(sizes[p])} sequences > max_per_pack {self.max_per_pack}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------
+
+def _prepare(lengths: Any, capacity: Any, max_per_pack: Any, truncate: Any
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int | None, int]:
+    """Kept lengths (a fresh int64 array), length classes and counts, capacity, max_per_pack, truncated tokens."""
+    capacity = check_int("capacity", capacity, min_value=1)
+    max_per_pack = check_int("max_per_pack", max_per_pack, min_value=1, allow_none=True)
+    truncate = _check_bool("truncate", truncate)
+    if isinstance(lengths, torch.Tensor):
+        lengths = lengths.detach().cpu().numpy()
+    arr = np.asarray(lengths)
+    must = "be a non-empty 1-D array of integers >= 1"
+    if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+        raise fail("lengths", lengths, must)
+    truncated = 0
+    longest = int(arr.max())
+    if longest > capacity:
+        if not truncate:
+            i = int(np.argmax(arr > capacity))
+            raise fail(f"lengths[{i}]", int(arr[i]),
+                       f"be at most capacity={capacity} (pass truncate=True to cut it)")
+        # uint64 values beyond int64 are clipped before the cast, so nothing wraps around.
+        kept = np.minimum(arr, capacity).astype(np.int64)
+        if int(arr.min()) < 1:
+            raise fail("lengths", lengths, must)
+        over = arr[arr > capacity]
+        truncated = int(over.sum(dtype=np.uint64 if arr.dtype.kind == "u" else np.int64)) - capacity * over.size
+    else:
+        kept = arr.astype(np.int64, copy=True)  # a copy: the result must not alias the caller's array
+    # The length classes and their counts (what both algorithms work on); one bincount pass also
+    # checks that no length is < 1 (it refuses negatives; zeros land in bin 0).
+    if kept.max() <= 1 << 22:
+        try:
+            hist = np.bincount(kept)
+        except ValueError:
+            raise fail("lengths", lengths, must) from None
+        values = np.flatnonzero(hist)
+        counts = hist[values]
+    else:  # huge capacities: a histogram would not fit in memory
+        values, counts = np.unique(kept, return_counts=True)
+    if values[0] < 1:
+        raise fail("lengths", lengths, must)
+    return kept, values, counts, capacity, max_per_pack, truncated
+
+
+# ---------------------------------------------------------------------------------------------
+# Bulk placements ("events") -> flat indices, shared by both algorithms
+# ---------------------------------------------------------------------------------------------
+# An event (L, start, count, k, before) says: packs start .. start+count-1 each receive k sequences
+# of length L, at positions before .. before+k-1 of their row. Both algorithms emit events
+# in order of decreasing L and, within one L, in increasing pack order.
+
+def _sort_key(kept: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The narrowest key that orders sequences by length: numpy's stable sort is a radix sort for
+    8- and 16-bit keys, one pass per byte, so a one-byte key sorts fastest."""
+    if values[-1] < 256:
+        return kept.astype(np.uint8)
+    if values.size <= 256:
+        lut = np.zeros(int(values[-1]) + 1, dtype=np.uint8)
+        lut[values] = np.arange(values.size, dtype=np.uint8)
+        return lut[kept]
+    if values[-1] < 2 ** 16:
+        return kept.astype(np.uint16)
+    return np.searchsorted(values, kept)
+
+
+def _expand(events: list[tuple[int, int, int, int, int]], n_packs: int, kept: np.ndarray,
+            values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices and pack offsets from the events, without a loop over sequences.
+
+    Sequences of one length are handed to that length's events in index order, so FFD gets the
+    textbook tie-break (equal lengths in index order, first pack first).
+    """
+    n = kept.size
+    it = np.int32 if n < 2 ** 31 else np.int64  # half the memory traffic where it suffices
+    ev = np.array(events, dtype=np.int64).reshape(-1, 5)
+    L, start, count, k, before = ev.T
+    # Sequences per pack from a difference array over the event ranges, then their offsets.
+    step = np.zeros(n_packs + 1, dtype=np.int64)
+    np.add.at(step, start, k)
+    np.add.at(step, start + count, -k)
+    offsets = np.zeros(n_packs + 1, dtype=np.int64)
+    np.cumsum(np.cumsum(step[:-1]), out=offsets[1:])
+
+    # Lay the slots out in the order of the length-sorted indices: events by increasing length
+    # (stable, so one length's events keep pack order), each event pack-major. Then slot s takes
+    # sorted index s, and only each slot's place in the flat output needs computing.
+    o = np.argsort(L, kind="stable")
+    start, count, k, before = start[o], count[o], k[o], before[o]
+    slots = count * k
+    # One "row" per (event, pack): k consecutive slots, all shifted by the same amount.
+    row_ev = np.repeat(np.arange(o.size, dtype=it), count)
+    row_j = np.arange(row_ev.size, dtype=it) - np.repeat((np.cumsum(count) - count).astype(it), count)
+    row_k = k.astype(it)[row_ev]
+    shift = (offsets[start[row_ev] + row_j] + before[row_ev] - (np.cumsum(slots) - slots)[row_ev]).astype(it)
+    shift -= row_j * row_k
+    dest = np.repeat(shift, row_k)
+    dest += np.arange(n, dtype=it)
+    order = np.argsort(_sort_key(kept, values), kind="stable")
+    flat = np.empty(n, dtype=np.int64)
+    flat[dest] = order
+    return flat, offsets
+
+
+def _result(events, n_packs, kept, values, capacity, max_per_pack, truncated, algorithm) -> PackResult:
+    flat, offsets = _expand(events, n_packs, kept, values)
+    kept.setflags(write=False)
+    return PackResult(flat, offsets, capacity, kept, truncated, max_per_pack, algorithm)
+
+
+# ---------------------------------------------------------------------------------------------
+# First-fit-decreasing over length classes
+# ---------------------------------------------------------------------------------------------
+
+def _ffd_events(values: np.ndarray, counts: np.ndarray, capacity: int, limit: int | None) -> tuple[list, int]:
+    """FFD on a histogram. Packs live in runs of consecutive packs in the same state (room, size):
+    first fit visits runs in pack order, and every pack of a run takes the same number of
+    sequences of the current length, so a run is handled in one step (split at most once)."""
+    lim = limit if limit is not None else np.iinfo(np.int64).max
+    min_len = int(values[0])
+    events: list[tuple[int, int, int, int, int]] = []
+    runs: list[list[int]] = []   # [start, end, room, size]; only runs that can still take something
+    n_packs = 0
+
+    def keep(out: list, start: int, end: int, room: int, size: int) -> None:
+        if room < min_len or size >= lim:
+            return  # closed for good: its contents are already recorded in events
+        if out and out[-1][1] == start and out[-1][2] == room and out[-1][3] == size:
+            out[-1][1] = end  # neighbours in the same state behave alike from now on
+        else:
+            out.append([start, end, room, size])
+
+    for L, c in zip(values[::-1].tolist(), counts[::-1].tolist()):
+        new: list[list[int]] = []
+        for i, (s, e, room, size) in enumerate(runs):
+            if c == 0:
+                for r in runs[i:]:
+                    keep(new, *r)
+                break
+            if room < L:
+                keep(new, s, e, room, size)
+                continue
+            k = min(room // L, lim - size)
+            if (e - s) * k <= c:
+                events.append((L, s, e - s, k, size))
+                c -= (e - s) * k
+                keep(new, s, e, room - k * L, size + k)
+                continue
+            q, rest = divmod(c, k)
+            if q:
+                events.append((L, s, q, k, size))
+                keep(new, s, s + q, room - k * L, size + k)
+            if rest:
+                events.append((L, s + q, 1, rest, size))
+                keep(new, s + q, s + q + 1, room - rest * L, size + rest)
+            tail = s + q + (1 if rest else 0)
+            if tail < e:
+                keep(new, tail, e, room, size)
+            for r in runs[i + 1:]:
+                keep(new, *r)
+            c = 0
+            break
+        if c:
+            k = min(capacity // L, lim)
+            q, rest = divmod(c, k)
+            if q:
+                events.append((L, n_packs, q, k, 0))
+                keep(new, n_packs, n_packs + q, capacity - k * L, k)
+                n_packs += q
+            if rest:
+                events.append((L, n_packs, 1, rest, 0))
+                keep(new, n_packs, n_packs + 1, capacity - rest * L, rest)
+                n_packs += 1
+        runs = new
+    return events, n_packs
+
+
+def first_fit_decreasing(lengths: Any, capacity: int, *, max_per_pack: int | None = None,
+                         truncate: bool = False) -> PackResult:
+    """First-fit-decreasing: longest first (ties in index order), each into the first pack with room.
+
+    ``max_per_pack`` also closes a pack once it holds that many sequences. Equal to the textbook
+    one-sequence-at-a-time FFD, pack for pack, but computed over length classes.
+    """
+    kept, values, counts, capacity, max_per_pack, truncated = _prepare(lengths, capacity, max_per_pack, truncate)
+    events, n_packs = _ffd_events(values, counts, capacity, max_per_pack)
+    return _result(events, n_packs, kept, values, capacity, max_per_pack, truncated, "ffd")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shortest-pack-first histogram-packing (arXiv:2107.02027)
+# ---------------------------------------------------------------------------------------------
+
+def _spfhp_strategies(values: np.ndarray, counts: np.ndarray, capacity: int, limit: int | None) -> list[tuple[int, tuple]]:
+    """SPFHP on a histogram: a list of ``(repeat count, lengths in the pack)`` strategies."""
+    lim = limit if limit is not None else np.iinfo(np.int64).max
+    min_len = int(values[0])
+    done: list[tuple[int, tuple]] = []
+    # Open strategies keyed by the room they leave; each key holds a stack [count, lengths].
+    open_: dict[int, list[list]] = {}
+
+    def add(count: int, lengths: tuple, room: int) -> None:
+        if room < min_len or len(lengths) >= lim:
+            done.append((count, lengths))
+        else:
+            open_.setdefault(room, []).append([count, lengths])
+
+    for L, c in zip(values[::-1].tolist(), counts[::-1].tolist()):
+        room = max(open_) if open_ else -1
+        # Most room first: the shortest pack that still fits takes the sequence.
+        while c and room >= L:
+            stack = open_.get(room)
+            if not stack:
+                room -= 1
+                continue
+            top = stack[-1]
+            m = min(top[0], c)
+            if m == top[0]:
+                stack.pop()
+                if not stack:
+                    del open_[room]
+            else:
+                top[0] -= m
+            add(m, top[1] + (L,), room - L)
+            c -= m
+        if c:
+            # No open pack fits: as one-at-a-time SPFHP would, fill each new pack with this
+            # length until it is full (a new pack has the most room, so it takes the next one too).
+            k = min(capacity // L, lim)
+            q, rest = divmod(c, k)
+            if q:
+                add(q, (L,) * k, capacity - k * L)
+            if rest:
+                add(1, (L,) * rest, capacity - rest * L)
+    for stack in open_.values():
+        done.extend((cnt, t) for cnt, t in stack)
+    return done
+
+
+def _strategy_events(strategies: list[tuple[int, tuple]]) -> tuple[list, int]:
+    events: list[tuple[int, int, int, int, int]] = []
+    n_packs = 0
+    for count, lengths in strategies:
+        pos = 0
+        # A strategy's lengths are in decreasing order: each run of equal lengths is one event.
+        for L, run in itertools.groupby(lengths):
+            k = sum(1 for _ in run)
+            events.append((L, n_packs, count, k, pos))
+            pos += k
+        n_packs += count
+    # Starts grow along the list, so within each length the events are already in pack order.
+    return events, n_packs
+
+
+def shortest_pack_first_histogram(lengths: Any, capacity: int, *, max_per_pack: int | None = None,
+                                  truncate: bool = False) -> PackResult:
+    """Shortest-pack-first histogram-packing (SPFHP, Krell et al. 2021, arXiv:2107.02027).
+
+    Lengths are taken from the histogram, longest first. Open packs are kept as strategies
+    ``(repeat count, lengths)`` keyed by the room they leave; all sequences of one length go,
+    in bulk, into the open strategies with the most room that fits (the shortest packs), a
+    strategy being split when fewer sequences remain than it has repeats. What no open pack
+    takes starts new packs. ``max_per_pack`` closes a pack at that many sequences (the paper
+    uses 3 for Wikipedia at 512).
+
+    One deliberate difference from the paper's reference code: there, each leftover sequence
+    of a length opens its own pack; here new packs are filled with that length as far as they
+    fit, which is what placing the sequences one at a time by the same rule gives.
+    """
+    kept, values, counts, capacity, max_per_pack, truncated = _prepare(lengths, capacity, max_per_pack, truncate)
+    events, n_packs = _strategy_events(_spfhp_strategies(values, counts, capacity, max_per_pack))
+    return _result(events, n_packs, kept, values, capacity, max_per_pack, truncated, "spfhp")
+
+
+def pack(lengths: Any, capacity: int, *, algorithm: str = "ffd", max_per_pack: int | None = None,
+         truncate: bool = False) -> PackResult:
+    """Pack sequences of ``lengths`` tokens into rows of ``capacity`` tokens.
+
+    ``algorithm`` is ``"ffd"`` (:func:`first_fit_decreasing`) or ``"spfhp"``
+    (:func:`shortest_pack_first_histogram`). A sequence longer than ``capacity`` is an error
+    unless ``truncate=True`` (it then keeps ``capacity`` tokens; the result counts the rest).
+    """
+    check_choice("algorithm", algorithm, ALGORITHMS)
+    fn = first_fit_decreasing if algorithm == "ffd" else shortest_pack_first_histogram
+    return fn(lengths, capacity, max_per_pack=max_per_pack, truncate=truncate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset and collator
+# ---------------------------------------------------------------------------------------------
+
+class PackedDataset(torch.utils.data.Dataset):
+    """A map-style dataset whose item ``p`` is pack ``p``: the list ``[dataset[i] for i in pack]``.
+
+    ``packs`` is a :class:`PackResult` or a sequence of index arrays. Use it with
+    ``DataLoader(..., batch_size=packs_per_batch, collate_fn=PackedCollator(capacity))``.
+    """
+
+    def __init__(self, dataset: Any, packs: PackResult | Sequence[Sequence[int]]) -> None:
+        try:
+            n = len(dataset)
+        except TypeError:
+            raise fail("dataset", dataset, "be a map-style dataset with a length") from None
+        plist = packs.packs if isinstance(packs, PackResult) else [np.asarray(p) for p in packs]
+        if not plist:
+            raise fail("packs", packs, "hold at least one pack")
+        for p, idx in enumerate(plist):
+            if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer) \
+                    or idx.min() < 0 or idx.max() >= n:
+                raise fail(f"packs[{p}]", idx, f"be a non-empty list of indices in [0, {n})")
+        self.dataset = dataset
+        self.packs = [tuple(int(i) for i in idx) for idx in plist]
+
+    def __len__(self) -> int:
+        return len(self.packs)
+
+    def __getitem__(self, p: int) -> list[Any]:
+        p = check_int("p", p)
+        if not -len(self) <= p < len(self):
+            raise fail("p", p, f"be in [-{len(self)}, {len(self)})")
+        return [self.dataset[i] for i in self.packs[p]]
+
+
+class PackedCollator:
+    """A ``collate_fn`` that turns a list of packs into one row per pack.
+
+    A pack is a list of examples; an example is a dict with ``"input_ids"`` and optional
+    ``"labels"`` (one int per sequence, or a per-token list as long as its ids), or a plain
+    sequence of ids. Every example of a batch has the same form. The result (``P`` packs,
+    ``C = capacity``, ``S`` sequences in all, numbered pack by pack):
+
+    * ``input_ids`` (long, P x C): sequences back to back from column 0, then ``pad_id``;
+    * ``attention_mask`` (long, P x C): 1 on real tokens;
+    * ``position_ids`` (long, P x C): ``0..len-1`` within each sequence, 0 on pads;
+    * ``seq_ids`` (long, P x C): which sequence of its row a token belongs to (0, 1, ...), -1 on pads;
+    * ``block_mask`` (bool, P x C x C, if ``return_block_mask``): ``[p, q, k]`` is True when query
+      ``q`` may attend to key ``k``: both in the same sequence. A pad query attends to itself only,
+      so no softmax row is empty (an all-False row makes SDPA return NaN); pad outputs mean nothing.
+    * ``cu_seqlens`` (int32, S + 1): sequence offsets in the unpadded concatenation
+      ``input_ids[attention_mask.bool()]`` (flash-attention varlen convention); ``max_seqlen`` (int);
+    * ``seq_lengths`` (long, S); ``seq_starts`` (long, S): the flat index ``row * C + column`` of
+      each sequence's first token, so ``hidden.flatten(0, 1)[seq_starts]`` pools the ``[CLS]`` tokens;
+    * ``labels``: long (S,) for one label per sequence, or long P x C with ``label_pad_id`` on pads
+      for per-token labels (never shifted across a boundary, since each sequence keeps its own);
+    * ``truncated_tokens`` (0-d long): what ``truncation=True`` dropped.
+
+    With ``truncation=True`` a sequence longer than ``capacity`` keeps its first ``capacity`` tokens
+    (the rule of ``pack(..., truncate=True)``); a pack whose sequences together exceed ``capacity`` is
+    always an error.
+    """
+
+    def __init__(self, capacity: int, *, pad_id: int = 0, label_pad_id: int = -100,
+                 return_block_mask: bool = True, truncation: bool = False) -> None:
+        self.capacity = check_int("capacity", capacity, min_value=1)
+        self.pad_id = check_int("pad_id", pad_id, min_value=0)
+        self.label_pad_id = check_int("label_pad_id", label_pad_id)
+        self.return_block_mask = _check_bool("return_block_mask", return_block_mask)
+        self.truncation = _check_bool("truncation", truncation)
+
+    def __repr__(self) -> str:
+        return (f"PackedCollator(capacity={self.capacity}, pad_id={self.pad_id}, "
+                f"label_pad_id={self.label_pad_id}, return_block_mask={self.return_block_mask}, "
+                f"truncation={self.truncation})")
+
+    def __call__(self, packs: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        if isinstance(packs, (str, bytes, Mapping)) or isinstance(packs, numbers.Number):
+            raise fail("packs", packs, "be a list of packs (each a list of examples)")
+        packs = list(packs)
+        if not packs:
+            raise fail("packs", packs, "hold at least one pack")
+        examples, rows = [], []
+        for p, pk in enumerate(packs):
+            if isinstance(pk, (str, bytes, Mapping)) or isinstance(pk, numbers.Number) \
+                    or (isinstance(pk, (torch.Tensor, np.ndarray)) and pk.ndim < 2):
+                raise fail(f"packs[{p}]", pk, "be a list of examples")
+            pk = list(pk)
+            if not pk:
+                raise fail(f"packs[{p}]", pk, "hold at least one example")
+            examples.extend(pk)
+            rows.extend([p] * len(pk))
+        names = [f"packs[{p}][{j}]" for p, pk in enumerate(packs) for j in range(len(pk))]
+        dicts = [isinstance(e, Mapping) for e in examples]
+        if any(dicts) and not all(dicts):
+            i = dicts.index(not dicts[0])
+            raise fail(names[i], examples[i], "be the same kind as the first example "
+                       "(dict and plain-list examples cannot be mixed)")
+        labels = None
+        if dicts[0]:
+            for i, e in enumerate(examples):
+                if "input_ids" not in e:
+                    raise fail(names[i], e, "have an 'input_ids' key")
+                extra = set(e) - {"input_ids", "labels"}
+                if extra:
+                    raise fail(names[i], e, f"hold only 'input_ids' and 'labels' (not {sorted(extra)})")
+                if ("labels" in e) != ("labels" in examples[0]):
+                    raise fail(names[i], e, "have 'labels' exactly when the first example has")
+            ids = [_as_int_array(f"{names[i]}['input_ids']", e["input_ids"], allow_negative=False,
+                                 allow_empty=False) for i, e in enumerate(examples)]
+            if "labels" in examples[0]:
+                labels = [e["labels"] for e in examples]
+        else:
+            ids = [_as_int_array(names[i], e, allow_negative=False, allow_empty=False)
+                   for i, e in enumerate(examples)]
+        return self._build(ids, np.asarray(rows, dtype=np.int64), len(packs), labels, names)
+
+    def _build(self, ids: list[np.ndarray], rows: np.ndarray, n_rows: int, labels: list | None,
+               names: list[str]) -> dict[str, Any]:
+        C = self.capacity
+        full = np.fromiter((a.size for a in ids), dtype=np.int64, count=len(ids))
+        if full.max() > C and not self.truncation:
+            i = int(np.argmax(full > C))
+            raise fail(names[i], ids[i].tolist(),
+                       f"have at most capacity={C} tokens (it has {int(full[i])}; pass truncation=True)")
+        lens = np.minimum(full, C)
+        per_row = np.bincount(rows, weights=lens, minlength=n_rows).astype(np.int64)
+        if per_row.max() > C:
+            p = int(np.argmax(per_row > C))
+            raise fail(f"packs[{p}]", [a.tolist() for a, r in zip(ids, rows) if r == p],
+                       f"fit in capacity={C} tokens (it holds {int(per_row[p])})")
+        flat = np.concatenate([a[:C] for a in ids])
+        S, T = lens.size, int(lens.sum())
+        cu = np.zeros(S + 1, dtype=np.int64)
+        np.cumsum(lens, out=cu[1:])
+        row_first_tok = np.zeros(n_rows, dtype=np.int64)
+        np.cumsum(per_row[:-1], out=row_first_tok[1:])
+        first_seq = np.searchsorted(rows, np.arange(n_rows))  # rows are non-decreasing
+        seq_col = cu[:-1] - row_first_tok[rows]              # column of each sequence's first token
+        seq_local = np.arange(S) - first_seq[rows]           # its number within the row
+        tok_seq_start = np.repeat(cu[:-1], lens)
+        tok_pos = np.arange(T) - tok_seq_start
+        tok_dest = np.repeat(rows * C + seq_col, lens) + tok_pos  # flat slot in the P x C tensor
+
+        def grid(fill: int, values: np.ndarray) -> torch.Tensor:
+            out = np.full(n_rows * C, fill, dtype=np.int64)
+            out[tok_dest] = values
+            return torch.from_numpy(out.reshape(n_rows, C))
+
+        seq_ids = grid(-1, np.repeat(seq_local, lens))
+        out: dict[str, Any] = {
+            "input_ids": grid(self.pad_id, flat),
+            "attention_mask": (seq_ids >= 0).long(),
+            "position_ids": grid(0, tok_pos),
+            "seq_ids": seq_ids,
+        }
+        if self.return_block_mask:
+            same = seq_ids[:, :, None] == seq_ids[:, None, :]
+            real_q = (seq_ids >= 0)[:, :, None]
+            eye = torch.eye(C, dtype=torch.bool)[None]
+            out["block_mask"] = (same & real_q) | (eye & ~real_q)
+        out["cu_seqlens"] = torch.from_numpy(cu.astype(np.int32))
+        out["max_seqlen"] = int(lens.max())
+        out["seq_lengths"] = torch.from_numpy(lens.copy())
+        out["seq_starts"] = torch.from_numpy(rows * C + seq_col)
+        if labels is not None:
+            out["labels"] = self._labels(labels, full, lens, grid, names)
+        out["truncated_tokens"] = torch.tensor(int((full - lens).sum()))
+        return out
+
+    def _labels(self, labels: list, full: np.ndarray, lens: np.ndarray, grid, names: list[str]) -> torch.Tensor:
+        per_token = [_is_per_token(v) for v in labels]
+        if not any(per_token):
+            return _stack_scalars("labels", labels)
+        for i, v in enumerate(labels):
+            if not per_token[i]:
+                raise fail(f"{names[i]}['labels']", v, "be a per-token list like the other examples' labels")
+        arrays = [_as_int_array(f"{names[i]}['labels']", v, allow_negative=True, allow_empty=True)
+                  for i, v in enumerate(labels)]
+        for i, a in enumerate(arrays):
+            if a.size != full[i]:
+                raise fail(f"{names[i]}['labels']", labels[i],
+                           f"have one label per input id ({int(full[i])}), not {a.size}")
+        flat = np.concatenate([a[:k] for a, k in zip(arrays, lens.tolist())])
+        return grid(self.label_pad_id, flat)
