@@ -12,11 +12,19 @@ Eight formats, from fp64 down to fp4::
     fp8-e5m2        1   5    2    15  yes   exponent all ones, mantissa != 0
     fp4-e2m1        1   2    1     1  no    none (every pattern is a number)
 
-Rounding is round-to-nearest-even, done by numpy and ``ml_dtypes`` casts. Those casts go
-from float64 through float32, which rounds twice and can be wrong next to a midpoint
-(``1 + 2**-8 + 2**-40`` becomes 1.0 in bf16). Here float64 goes to float32 by
-*round-to-odd* first, which makes the second, ordinary cast correctly rounded. For a float32
-input that first step changes nothing, so fp32 values round exactly as the casts round them.
+What it offers: :func:`decompose` (one value: bits, fields, kind, stored value, error, ULP,
+neighbours) and its vectorised twins :func:`describe` / :func:`decompose_many`;
+:func:`from_bits`, :func:`encode` / :func:`decode` (bit patterns), :func:`all_values` (every
+pattern of a format up to 19 bits); :func:`round_to`, :func:`ulp`, :func:`next_up`,
+:func:`next_down`; :func:`format_table` (ranges from the layout); :func:`range_fractions` /
+:func:`underflow_fraction` (what a format does to, say, a model's gradients).
+
+Rounding is round-to-nearest-even, done by numpy and ``ml_dtypes`` casts. The ``ml_dtypes``
+casts (and ``torch``'s) go from float64 through float32, which rounds twice and can be wrong
+next to a midpoint (``1 + 2**-8 + 2**-40`` becomes 1.0 in bf16, not ``1 + 2**-7``). Here
+float64 goes to float32 by *round-to-odd* first, which makes the second, ordinary cast
+correctly rounded. A float32 input skips that step, so float32 values round exactly as the
+casts round them.
 
 tf32 is what matrix units do to a float32 operand: round-to-nearest-even to 10 mantissa bits,
 keeping float32's 8-bit exponent. No library casts to it, so it is written here.
@@ -43,12 +51,8 @@ from ._validate import fail
 __all__ = [
     "FloatFormat", "FloatBits", "FORMATS", "get_format", "format_table", "decompose", "from_bits",
     "round_to", "ulp", "next_up", "next_down", "encode", "decode", "describe", "decompose_many",
-    "all_values",
-    "range_fractions", "underflow_fraction",
+    "all_values", "range_fractions", "underflow_fraction",
 ]
-
-_IEEE_NAN = "exponent all ones, mantissa non-zero"
-
 
 @dataclass(frozen=True)
 class FloatFormat:
