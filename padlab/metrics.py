@@ -255,12 +255,13 @@ def sdpa_backend_used(q, k, v, attn_mask=None, *, backends=None) -> str:
     raise fail("q", tuple(q.shape), f"run a known SDPA kernel (the profiler saw {sorted(set(names))})")
 
 
-def flop_count(fn) -> int:
+def flop_count(fn, *, by_op: bool = False) -> int | dict[str, int]:
     """Floating-point operations of ``fn()`` as ``torch.utils.flop_counter.FlopCounterMode`` counts them.
 
     The counter knows matmuls, convolutions and the GPU attention kernels; it counts 0 for kernels
     it has no formula for (such as the CPU flash-attention kernel), so count attention on the math
-    backend.
+    backend. With ``by_op`` returns ``{operator name: flops}`` (e.g. ``"bmm"`` for attention's two
+    batched matmuls, ``"addmm"`` for linear layers) in descending order of flops.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -268,7 +269,13 @@ def flop_count(fn) -> int:
         raise fail("fn", fn, "be a callable taking no arguments")
     with FlopCounterMode(display=False) as counter:
         fn()
-    return int(counter.get_total_flops())
+    if not by_op:
+        return int(counter.get_total_flops())
+    ops: dict[str, int] = {}
+    for op, n in counter.get_flop_counts().get("Global", {}).items():
+        name = getattr(op, "__name__", str(op).split(".")[-1])
+        ops[name] = ops.get(name, 0) + int(n)
+    return dict(sorted(ops.items(), key=lambda kv: -kv[1]))
 
 
 def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:

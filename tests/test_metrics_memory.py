@@ -170,6 +170,14 @@ def test_flop_count_of_matmul_and_attention():
     assert n == 2 * (2 * bsz * h * length * length * d)
 
 
+def test_flop_count_by_op_splits_linear_from_batched_matmul():
+    lin = nn.Linear(3, 4)
+    x, a, b = torch.randn(2, 3), torch.randn(5, 2, 3), torch.randn(5, 3, 4)
+    ops = flop_count(lambda: (lin(x), torch.bmm(a, b)), by_op=True)
+    # Linear: 2 * 2 * 3 * 4 = 48 (addmm); bmm: 5 batches of 2 * 2 * 3 * 4 = 240, listed first.
+    assert ops == {"bmm": 240, "addmm": 48} and list(ops) == ["bmm", "addmm"]
+
+
 def test_median_time_calls_warmup_plus_repeats_times():
     calls = []
     t = median_time(lambda: calls.append(1), repeats=3, warmup=2)
