@@ -91,8 +91,57 @@ def _add_floats(sub) -> None:
     p.set_defaults(func=_cmd_floats)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import PRECISIONS, STRATEGIES, BenchConfig, format_table, run_benchmark
+
+    def names(text: str | None, allowed: tuple[str, ...], arg: str) -> tuple[str, ...]:
+        if text is None:
+            return allowed
+        out = tuple(x.strip() for x in text.split(",") if x.strip())
+        bad = [x for x in out if x not in allowed]
+        if bad or not out:
+            raise ValueError(f"{arg} must be a comma-separated list of {', '.join(allowed)}; got {text!r}")
+        return out
+
+    quick = dict(model="tiny", timed_steps=5, budget=8 * 128, capacity=128, seqs_per_step=8) if args.quick else {}
+    cfg = BenchConfig(strategies=names(args.strategies, STRATEGIES, "--strategies"),
+                      precisions=names(args.precisions, ("fp32", "bf16-amp") if args.quick else PRECISIONS, "--precisions"),
+                      work=args.work, seed=args.seed, device=args.device, progress=not args.no_progress,
+                      compile=tuple(args.compile or ()),
+                      **{**quick, **({"timed_steps": args.timed_steps} if args.timed_steps else {})})
+    result = run_benchmark(cfg, command="padlab " + " ".join(args.raw_argv))
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+        print(f"wrote {args.json}")
+    if args.png:
+        from .viz import bench_summary
+
+        bench_summary(result).savefig(args.png, dpi=120)
+        print(f"wrote {args.png}")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="train a masked LM under every batching strategy x precision; JSON and PNG out")
+    p.add_argument("--quick", action="store_true", help="a tiny model and few steps: under a minute on a CPU")
+    p.add_argument("--strategies", help="comma-separated subset of the strategies")
+    p.add_argument("--precisions", help="comma-separated subset of fp32,tf32,fp16-amp,bf16-amp")
+    p.add_argument("--work", choices=("tokens", "sequences"), default="tokens",
+                   help="equal token slots per step (default) or equal sequences per step")
+    p.add_argument("--timed-steps", type=int, default=None)
+    p.add_argument("--compile", action="append", metavar="STRATEGY/PRECISION", help="torch.compile this row")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    p.add_argument("--png", metavar="PATH", help="write a summary figure")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_bench)
+
+
 # Sub-commands register here; each module's command lives in its own _add_* function.
-_ADDERS = [_add_waste, _add_floats]
+_ADDERS = [_add_waste, _add_bench, _add_floats]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for add in _ADDERS:
         add(sub)
     args = parser.parse_args(argv)
+    args.raw_argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         return args.func(args)
     except ValueError as e:  # padlab's argument errors: one clear line, no traceback

@@ -41,6 +41,11 @@ from ._validate import check_choice, check_float, check_int, fail
 from .data import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID
 
 IGNORE_INDEX = -100
+
+try:  # torch >= 2.10: flash attention over cu_seqlens offsets (CUDA, fp16/bf16)
+    from torch.nn.attention.varlen import varlen_attn as _varlen_attn
+except ImportError:  # pragma: no cover - older torch
+    _varlen_attn = None
 _FIRST_WORD_ID = max(PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID) + 1
 
 
@@ -196,6 +201,15 @@ class EncoderLayer(nn.Module):
     def _attend_varlen(self, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor,
                        max_seqlen: int | None) -> Tensor:
         t, h = q.shape
+        if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _varlen_attn is not None \
+                and not (self.training and self.dropout > 0):
+            # Flash attention's varlen kernel straight on the flat tokens: no nested-tensor
+            # wrapping, no padding, one launch for every sequence of the batch.
+            shape = (t, self.heads, h // self.heads)
+            cu = cu_seqlens.to(torch.int32)
+            m = int(max_seqlen) if max_seqlen is not None else int(cu.diff().max())
+            o = _varlen_attn(q.reshape(shape), k.reshape(shape), v.reshape(shape), cu, cu, m, m)
+            return o.reshape(t, h)
 
         def nest(x: Tensor) -> Tensor:
             # SDPA on nested tensors needs contiguous (T, heads, d) values.
