@@ -130,15 +130,17 @@ class PackResult:
         if sizes.size and sizes.min() < 1:
             p = int(np.argmin(sizes))
             raise AssertionError(f"pack {p} is empty")
+        if idx.size:
+            lo, hi = int(idx.min()), int(idx.max())
+            assert lo >= 0 and hi < n, f"indices must lie in [0, {n}); found {lo if lo < 0 else hi}"
+            counts = np.bincount(idx, minlength=n)
+            if counts.max() > 1:
+                i = int(np.argmax(counts > 1))
+                raise AssertionError(f"sequence {i} is in {int(counts[i])} packs")
+        # No index twice and all in range: n of them means every sequence exactly once.
         assert idx.size == n, f"{idx.size} sequences are assigned, expected {n}"
         if n == 0:
             return self
-        lo, hi = int(idx.min()), int(idx.max())
-        assert lo >= 0 and hi < n, f"indices must lie in [0, {n}); found {lo if lo < 0 else hi}"
-        counts = np.bincount(idx, minlength=n)
-        if counts.max() > 1:
-            i = int(np.argmax(counts > 1))
-            raise AssertionError(f"sequence {i} is in {int(counts[i])} packs")
         tokens = self.pack_tokens
         if tokens.max() > self.capacity:
             p = int(np.argmax(tokens > self.capacity))
@@ -555,15 +557,16 @@ class PackedCollator:
         else:
             ids = [_as_int_array(names[i], e, allow_negative=False, allow_empty=False)
                    for i, e in enumerate(examples)]
-        return self._build(ids, np.asarray(rows, dtype=np.int64), len(packs), labels, names)
+        id_names = [f"{nm}['input_ids']" for nm in names] if dicts[0] else names
+        return self._build(ids, np.asarray(rows, dtype=np.int64), len(packs), labels, names, id_names)
 
     def _build(self, ids: list[np.ndarray], rows: np.ndarray, n_rows: int, labels: list | None,
-               names: list[str]) -> dict[str, Any]:
+               names: list[str], id_names: list[str]) -> dict[str, Any]:
         C = self.capacity
         full = np.fromiter((a.size for a in ids), dtype=np.int64, count=len(ids))
         if full.max() > C and not self.truncation:
             i = int(np.argmax(full > C))
-            raise fail(names[i], ids[i].tolist(),
+            raise fail(id_names[i], ids[i].tolist(),
                        f"have at most capacity={C} tokens (it has {int(full[i])}; pass truncation=True)")
         lens = np.minimum(full, C)
         per_row = np.bincount(rows, weights=lens, minlength=n_rows).astype(np.int64)
