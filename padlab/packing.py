@@ -32,7 +32,8 @@ the dataset first, e.g. with ``corpus.select(rng.permutation(len(corpus)))``).
 """
 from __future__ import annotations
 
-import itertools
+import bisect
+import heapq
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -206,18 +207,51 @@ def _prepare(lengths: Any, capacity: Any, max_per_pack: Any, truncate: Any
 # of length L, at positions before .. before+k-1 of their row. Both algorithms emit events
 # in order of decreasing L and, within one L, in increasing pack order.
 
-def _sort_key(kept: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """The narrowest key that orders sequences by length: numpy's stable sort is a radix sort for
-    8- and 16-bit keys, one pass per byte, so a one-byte key sorts fastest."""
+def _class_order(kept: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Indices grouped by length class (``values``, ascending), each class in index order.
+
+    A stable counting sort, done in whichever way numpy makes fastest: its stable sort is a
+    radix sort for one- and two-byte keys (one pass per byte), and its plain sort of 32-bit
+    integers is vectorised; so up to 256 classes sort as one-byte keys, and more sort as
+    32-bit words ``class << b | index`` (unique, hence stable), in chunks of ``2**b`` indices
+    whose class slices are then laid side by side.
+    """
+    n_classes = values.size
     if values[-1] < 256:
-        return kept.astype(np.uint8)
-    if values.size <= 256:
-        lut = np.zeros(int(values[-1]) + 1, dtype=np.uint8)
-        lut[values] = np.arange(values.size, dtype=np.uint8)
-        return lut[kept]
-    if values[-1] < 2 ** 16:
-        return kept.astype(np.uint16)
-    return np.searchsorted(values, kept)
+        return np.argsort(kept.astype(np.uint8), kind="stable")
+    if values[-1] < 1 << 22:
+        lut = np.zeros(int(values[-1]) + 1, dtype=np.uint32)
+        lut[values] = np.arange(n_classes, dtype=np.uint32)
+        key = lut[kept]
+    else:
+        key = np.searchsorted(values, kept).astype(np.uint32)
+    if n_classes <= 256:
+        return np.argsort(key.astype(np.uint8), kind="stable")
+    bits = 32 - int(n_classes - 1).bit_length()
+    chunk = 1 << bits
+    n_chunks = -(-kept.size // chunk)
+    if bits < 16 or n_classes * n_chunks > 8192:
+        return np.argsort(key, kind="stable")
+    probe = np.arange(n_classes, dtype=np.uint32) << np.uint32(bits)
+    parts = []
+    for s in range(0, kept.size, chunk):
+        word = key[s:s + chunk] << np.uint32(bits)
+        word |= np.arange(word.size, dtype=np.uint32)
+        word.sort()
+        bounds = np.append(np.searchsorted(word, probe), word.size)
+        word &= np.uint32(chunk - 1)
+        parts.append((word, s, bounds))
+    order = np.empty(kept.size, dtype=np.int64)
+    pos = 0
+    for c in range(n_classes):
+        for word, s, bounds in parts:
+            lo, hi = bounds[c], bounds[c + 1]
+            if hi > lo:
+                seg = order[pos:pos + hi - lo]
+                seg[:] = word[lo:hi]
+                seg += s
+                pos += hi - lo
+    return order
 
 
 def _expand(events: list[tuple[int, int, int, int, int]], n_packs: int, kept: np.ndarray,
@@ -252,7 +286,7 @@ def _expand(events: list[tuple[int, int, int, int, int]], n_packs: int, kept: np
     shift -= row_j * row_k
     dest = np.repeat(shift, row_k)
     dest += np.arange(n, dtype=it)
-    order = np.argsort(_sort_key(kept, values), kind="stable")
+    order = _class_order(kept, values)
     flat = np.empty(n, dtype=np.int64)
     flat[dest] = order
     return flat, offsets
@@ -269,65 +303,92 @@ def _result(events, n_packs, kept, values, capacity, max_per_pack, truncated, al
 # ---------------------------------------------------------------------------------------------
 
 def _ffd_events(values: np.ndarray, counts: np.ndarray, capacity: int, limit: int | None) -> tuple[list, int]:
-    """FFD on a histogram. Packs live in runs of consecutive packs in the same state (room, size):
-    first fit visits runs in pack order, and every pack of a run takes the same number of
-    sequences of the current length, so a run is handled in one step (split at most once)."""
+    """FFD on a histogram, one length class at a time.
+
+    Packs live in runs of consecutive packs in the same state (room, size). Every pack of a run
+    takes the same number of sequences of the current length, so first fit handles a whole run
+    in one step, splitting at most one run per length. To find the first run (lowest pack) that
+    fits without scanning them all, runs sit in heaps by the largest length class their room
+    holds, under a segment tree that answers "lowest start among classes >= i".
+    """
     lim = limit if limit is not None else np.iinfo(np.int64).max
-    min_len = int(values[0])
+    vals = values.tolist()
+    K = len(vals)
+    size = 1 << max(1, (K - 1).bit_length())
+    INF = float("inf")
+    tree = [INF] * (2 * size)       # leaf j: start * size + j of the lowest run in heap j
+    heaps: list[list[tuple[int, int, int, int]]] = [[] for _ in range(K)]
     events: list[tuple[int, int, int, int, int]] = []
-    runs: list[list[int]] = []   # [start, end, room, size]; only runs that can still take something
     n_packs = 0
 
-    def keep(out: list, start: int, end: int, room: int, size: int) -> None:
-        if room < min_len or size >= lim:
-            return  # closed for good: its contents are already recorded in events
-        if out and out[-1][1] == start and out[-1][2] == room and out[-1][3] == size:
-            out[-1][1] = end  # neighbours in the same state behave alike from now on
-        else:
-            out.append([start, end, room, size])
+    def refresh(j: int) -> None:
+        h = heaps[j]
+        p = j + size
+        tree[p] = h[0][0] * size + j if h else INF
+        p >>= 1
+        while p:
+            a, b = tree[2 * p], tree[2 * p + 1]
+            tree[p] = a if a < b else b
+            p >>= 1
 
-    for L, c in zip(values[::-1].tolist(), counts[::-1].tolist()):
-        new: list[list[int]] = []
-        for i, (s, e, room, size) in enumerate(runs):
-            if c == 0:
-                for r in runs[i:]:
-                    keep(new, *r)
+    def lowest_from(i: int):
+        lo, hi, best = i + size, K + size, INF
+        while lo < hi:
+            if lo & 1:
+                best = min(best, tree[lo])
+                lo += 1
+            if hi & 1:
+                hi -= 1
+                best = min(best, tree[hi])
+            lo >>= 1
+            hi >>= 1
+        return best
+
+    def put(start: int, end: int, room: int, n: int) -> None:
+        if room < vals[0] or n >= lim:
+            return  # closed for good: its contents are already recorded in events
+        j = bisect.bisect_right(vals, room) - 1
+        heapq.heappush(heaps[j], (start, end, room, n))
+        if heaps[j][0][0] == start:
+            refresh(j)
+
+    for i in range(K - 1, -1, -1):
+        L, c = vals[i], int(counts[i])
+        while c:
+            key = lowest_from(i)
+            if key == INF:
                 break
-            if room < L:
-                keep(new, s, e, room, size)
-                continue
-            k = min(room // L, lim - size)
+            j = key % size
+            s, e, room, n = heapq.heappop(heaps[j])
+            refresh(j)
+            k = min(room // L, lim - n)
             if (e - s) * k <= c:
-                events.append((L, s, e - s, k, size))
+                events.append((L, s, e - s, k, n))
                 c -= (e - s) * k
-                keep(new, s, e, room - k * L, size + k)
+                put(s, e, room - k * L, n + k)
                 continue
             q, rest = divmod(c, k)
             if q:
-                events.append((L, s, q, k, size))
-                keep(new, s, s + q, room - k * L, size + k)
+                events.append((L, s, q, k, n))
+                put(s, s + q, room - k * L, n + k)
             if rest:
-                events.append((L, s + q, 1, rest, size))
-                keep(new, s + q, s + q + 1, room - rest * L, size + rest)
+                events.append((L, s + q, 1, rest, n))
+                put(s + q, s + q + 1, room - rest * L, n + rest)
             tail = s + q + (1 if rest else 0)
             if tail < e:
-                keep(new, tail, e, room, size)
-            for r in runs[i + 1:]:
-                keep(new, *r)
+                put(tail, e, room, n)
             c = 0
-            break
         if c:
             k = min(capacity // L, lim)
             q, rest = divmod(c, k)
             if q:
                 events.append((L, n_packs, q, k, 0))
-                keep(new, n_packs, n_packs + q, capacity - k * L, k)
+                put(n_packs, n_packs + q, capacity - k * L, k)
                 n_packs += q
             if rest:
                 events.append((L, n_packs, 1, rest, 0))
-                keep(new, n_packs, n_packs + 1, capacity - rest * L, rest)
+                put(n_packs, n_packs + 1, capacity - rest * L, rest)
                 n_packs += 1
-        runs = new
     return events, n_packs
 
 
@@ -347,62 +408,77 @@ def first_fit_decreasing(lengths: Any, capacity: int, *, max_per_pack: int | Non
 # Shortest-pack-first histogram-packing (arXiv:2107.02027)
 # ---------------------------------------------------------------------------------------------
 
-def _spfhp_strategies(values: np.ndarray, counts: np.ndarray, capacity: int, limit: int | None) -> list[tuple[int, tuple]]:
-    """SPFHP on a histogram: a list of ``(repeat count, lengths in the pack)`` strategies."""
+# A pack's contents, appended to in O(1): a chain of (length, run count, sequences in all, parent)
+# nodes, one per run of equal lengths, newest run first; sibling strategies share their prefix.
+_Node = tuple  # (int, int, int, _Node | None)
+
+
+def _append(node: _Node | None, L: int, k: int) -> _Node:
+    if node is not None and node[0] == L:
+        return (L, node[1] + k, node[2] + k, node[3])
+    return (L, k, (node[2] if node else 0) + k, node)
+
+
+def _spfhp_strategies(values: np.ndarray, counts: np.ndarray, capacity: int, limit: int | None
+                      ) -> list[tuple[int, _Node]]:
+    """SPFHP on a histogram: a list of ``(repeat count, pack contents)`` strategies."""
     lim = limit if limit is not None else np.iinfo(np.int64).max
     min_len = int(values[0])
-    done: list[tuple[int, tuple]] = []
-    # Open strategies keyed by the room they leave; each key holds a stack [count, lengths].
+    done: list[tuple[int, _Node]] = []
+    # Open strategies keyed by the room they leave; each key holds a stack [count, contents].
     open_: dict[int, list[list]] = {}
+    keys: list[int] = []  # the rooms in open_, ascending
 
-    def add(count: int, lengths: tuple, room: int) -> None:
-        if room < min_len or len(lengths) >= lim:
+    def add(count: int, lengths: _Node, room: int) -> None:
+        if room < min_len or lengths[2] >= lim:
             done.append((count, lengths))
-        else:
-            open_.setdefault(room, []).append([count, lengths])
+            return
+        if room not in open_:
+            open_[room] = []
+            bisect.insort(keys, room)
+        open_[room].append([count, lengths])
 
     for L, c in zip(values[::-1].tolist(), counts[::-1].tolist()):
-        room = max(open_) if open_ else -1
+        j = len(keys) - 1
         # Most room first: the shortest pack that still fits takes the sequence.
-        while c and room >= L:
-            stack = open_.get(room)
-            if not stack:
-                room -= 1
-                continue
+        while c and j >= 0 and keys[j] >= L:
+            room = keys[j]
+            stack = open_[room]
             top = stack[-1]
             m = min(top[0], c)
             if m == top[0]:
                 stack.pop()
                 if not stack:
                     del open_[room]
+                    keys.pop(j)
             else:
                 top[0] -= m
-            add(m, top[1] + (L,), room - L)
+            add(m, _append(top[1], L, 1), room - L)
             c -= m
+            # The next candidate: the largest open room <= this one (add() may have made one).
+            j = bisect.bisect_right(keys, room) - 1
         if c:
             # No open pack fits: as one-at-a-time SPFHP would, fill each new pack with this
             # length until it is full (a new pack has the most room, so it takes the next one too).
             k = min(capacity // L, lim)
             q, rest = divmod(c, k)
             if q:
-                add(q, (L,) * k, capacity - k * L)
+                add(q, _append(None, L, k), capacity - k * L)
             if rest:
-                add(1, (L,) * rest, capacity - rest * L)
+                add(1, _append(None, L, rest), capacity - rest * L)
     for stack in open_.values():
         done.extend((cnt, t) for cnt, t in stack)
     return done
 
 
-def _strategy_events(strategies: list[tuple[int, tuple]]) -> tuple[list, int]:
+def _strategy_events(strategies: list[tuple[int, _Node]]) -> tuple[list, int]:
     events: list[tuple[int, int, int, int, int]] = []
     n_packs = 0
-    for count, lengths in strategies:
-        pos = 0
-        # A strategy's lengths are in decreasing order: each run of equal lengths is one event.
-        for L, run in itertools.groupby(lengths):
-            k = sum(1 for _ in run)
-            events.append((L, n_packs, count, k, pos))
-            pos += k
+    for count, node in strategies:
+        # Each run of equal lengths is one event; the chain lists runs newest first.
+        while node is not None:
+            L, k, n, node = node
+            events.append((L, n_packs, count, k, n - k))
         n_packs += count
     # Starts grow along the list, so within each length the events are already in pack order.
     return events, n_packs
