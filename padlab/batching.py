@@ -50,6 +50,8 @@ __all__ = ["BucketBatchSampler", "TokenBudgetBatchSampler", "EpochStats", "resto
            "sorted_inference_batches"]
 
 REMAINDERS = ("pad", "drop")
+# The packed path stores position and length in one uint64 beside >= 24 random bits.
+_PAYLOAD_BITS = 40
 OVERSIZED = ("error", "skip")
 
 
@@ -194,6 +196,8 @@ def _sort_keys(lengths: np.ndarray, noise: float, rng: np.random.Generator) -> n
 class _LengthGroupedSampler(Sampler):
     """Shared epoch machinery: permutation, pools, sort, block shuffle, DDP remainder."""
 
+    _POOLS_NEED_LENGTHS = False  # pools by example count; True: by tokens (their lengths needed)
+
     def __init__(self, lengths: Any, *, mega_batch: int | None, noise: float, shuffle: bool,
                  longest_first: bool, drop_last: bool, seed: int, num_replicas: int | None,
                  rank: int | None, remainder: str) -> None:
@@ -213,6 +217,8 @@ class _LengthGroupedSampler(Sampler):
         # A narrow copy of the lengths: gathering 2-byte values is cheaper than 8-byte ones.
         top = int(self.lengths.max())
         self._compact = self.lengths.astype(np.uint16 if top < 2**16 else np.uint32 if top < 2**32 else np.int64)
+        self._words: np.ndarray | None = None  # built on first use by the packed path
+        self._scratch: np.ndarray | None = None
 
     # Subclasses define the pools and how a sorted pool is cut into batches.
     def _pools(self, perm_lengths: np.ndarray) -> tuple[int | None, np.ndarray | None]:
@@ -244,20 +250,8 @@ class _LengthGroupedSampler(Sampler):
             self.last_epoch_stats = self._cache[2]
             return self._cache[1]
         rng = self._rng(epoch)
-        cand = self._candidates
-        if cand is None:
-            perm = _permutation(self.lengths.size, rng) if self.shuffle else np.arange(self.lengths.size)
-        else:
-            perm = cand[_permutation(cand.size, rng)] if self.shuffle else cand
-        perm_lengths = self._compact[perm]
-        keys = _sort_keys(perm_lengths, self.noise, rng)
-        pool_size, bounds = self._pools(perm_lengths)
-        pos = _sort_pools(keys, pool_size, bounds)
-        order = perm[pos]
+        order, sorted_lengths, bounds = self._sorted_order(rng)
         order.setflags(write=False)
-        sorted_lengths = perm_lengths[pos] if self._needs_sorted_lengths() else None
-        if bounds is None:
-            bounds = np.append(np.arange(0, order.size, pool_size), order.size)
         starts, short = self._cut(sorted_lengths, bounds)
         sizes = np.diff(starts)
         keep = np.flatnonzero(~short) if self.drop_last else np.arange(sizes.size)
@@ -280,6 +274,83 @@ class _LengthGroupedSampler(Sampler):
         self._cache = (epoch, batches, stats)
         self.last_epoch_stats = stats
         return batches
+
+    def _sorted_order(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Steps 1-2 of the epoch: dataset indices in pool-sorted order, their lengths, pool bounds."""
+        cand = self._candidates
+        m = self.lengths.size if cand is None else cand.size
+        if m == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(2, dtype=np.int64)
+        lbits = int(self._compact.max()).bit_length()
+        if self.noise == 0.0 and (m - 1).bit_length() + lbits <= _PAYLOAD_BITS:
+            return self._sorted_order_packed(rng, m, lbits)
+        if cand is None:
+            perm = _permutation(m, rng) if self.shuffle else np.arange(m)
+        else:
+            perm = cand[_permutation(m, rng)] if self.shuffle else cand
+        perm_lengths = self._compact[perm]
+        keys = _sort_keys(perm_lengths, self.noise, rng)
+        pool_size, bounds = self._pools(perm_lengths)
+        pos = _sort_pools(keys, pool_size, bounds)
+        sorted_lengths = perm_lengths[pos] if self._needs_sorted_lengths() else None
+        if bounds is None:
+            bounds = np.append(np.arange(0, m, pool_size), m)
+        return perm[pos], sorted_lengths, bounds
+
+    def _sorted_order_packed(self, rng: np.random.Generator, m: int,
+                             lbits: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """The same steps without noise, on one uint64 per example and no random gathers.
+
+        Each example is the word ``[random | position | length]`` (``self._words`` holds
+        ``position | length``). Sorting the words shuffles them, carrying each length along;
+        rotating the length to the top gives ``[length | random | position]``, and sorting
+        that within each pool orders by length with random tie-breaks. A full sort needs
+        only the second sort. Without shuffle the random bits are 0: ties keep index order.
+        """
+        ibits = max(1, (m - 1).bit_length())
+        if self._words is None:
+            lengths = self._compact if self._candidates is None else self._compact[self._candidates]
+            self._words = np.arange(m, dtype=np.uint64) << np.uint64(lbits)
+            self._words |= lengths
+        low = np.uint64((1 << (ibits + lbits)) - 1)
+        lmask = np.uint64((1 << lbits) - 1)
+        if self.shuffle:
+            key = rng.bit_generator.random_raw(m)  # 64 random bits each, the cheapest draw
+            key &= ~low
+            key |= self._words
+        else:
+            key = self._words.copy()
+        if self._POOLS_NEED_LENGTHS:
+            single = not self.mega_batch
+        else:
+            pool_size, bounds = self._pools(None)
+            single = pool_size >= m
+        if self.shuffle and not single:
+            key.sort()  # the shuffle: random high bits first
+        if self._POOLS_NEED_LENGTHS:  # pools by tokens, counted in the shuffled order
+            pool_size, bounds = self._pools((key & lmask).astype(np.int64))
+        if self._scratch is None:  # reused every epoch: a fresh 8-byte-per-example temporary costs page faults
+            self._scratch = np.empty(m, dtype=np.uint64)
+        top = np.left_shift(key, np.uint64(64 - lbits), out=self._scratch)
+        key >>= np.uint64(lbits)
+        key |= top  # rotated right by lbits: [length | random | position]
+        if single:
+            key.sort()
+        elif pool_size is not None:
+            full = (m // pool_size) * pool_size
+            key[:full].reshape(-1, pool_size).sort(axis=1)
+            key[full:].sort()
+        else:
+            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):  # a loop over pools
+                key[a:b].sort()
+        sorted_lengths = (key >> np.uint64(64 - lbits)).astype(np.int64) if self._needs_sorted_lengths() else None
+        key &= np.uint64((1 << ibits) - 1)
+        order = key.view(np.int64)
+        if self._candidates is not None:
+            order = self._candidates[order]
+        if bounds is None:
+            bounds = np.append(np.arange(0, m, pool_size), m)
+        return order, sorted_lengths, bounds
 
     def _apply_remainder(self, keep: np.ndarray, sizes: np.ndarray,
                          rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -344,8 +415,8 @@ class BucketBatchSampler(_LengthGroupedSampler):
                          num_replicas=num_replicas, rank=rank, remainder=remainder)
 
     def _pools(self, perm_lengths):
-        n = perm_lengths.size
-        return (self.mega_batch * self.batch_size if self.mega_batch else max(n, 1)), None
+        n = self.lengths.size
+        return (self.mega_batch * self.batch_size if self.mega_batch else n), None
 
     def _cut(self, sorted_lengths, pool_bounds):
         # Pools hold whole batches, so cutting the concatenation every batch_size is exact.
@@ -409,6 +480,8 @@ class TokenBudgetBatchSampler(_LengthGroupedSampler):
         # A pool starts at the first example with at least k * size tokens ahead of it.
         cuts = np.unique(np.searchsorted(before, np.arange(size, int(before[-1]) + 1, size), side="left"))
         return None, np.concatenate([[0], cuts[(cuts > 0) & (cuts < m)], [m]]).astype(np.int64)
+
+    _POOLS_NEED_LENGTHS = True
 
     def _needs_sorted_lengths(self) -> bool:
         return True
