@@ -55,7 +55,7 @@ __all__ = ["ALGORITHMS", "PackResult", "pack", "first_fit_decreasing", "shortest
 # The result
 # ---------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PackResult:
     """Which sequences share each pack, stored flat.
 
@@ -83,7 +83,10 @@ class PackResult:
         offsets = np.zeros(len(packs) + 1, dtype=np.int64)
         np.cumsum(sizes, out=offsets[1:])
         flat = np.concatenate(packs) if packs else np.zeros(0, dtype=np.int64)
-        return cls(flat, offsets, capacity, np.array(lengths, dtype=np.int64), 0, max_per_pack, algorithm)
+        lengths = np.array(lengths, dtype=np.int64)
+        for a in (flat, offsets, lengths):
+            a.setflags(write=False)
+        return cls(flat, offsets, capacity, lengths, 0, max_per_pack, algorithm)
 
     @property
     def n_packs(self) -> int:
@@ -125,21 +128,27 @@ class PackResult:
         """
         n = self.lengths.size if n is None else check_int("n", n, min_value=0)
         idx, off = self.indices, self.offsets
-        assert off.ndim == 1 and off.size >= 1 and off[0] == 0 and off[-1] == idx.size, \
-            f"offsets must run from 0 to len(indices)={idx.size}; got {off[:3]}...{off[-3:]}"
+        # Explicit raises, not assert statements: the check must survive python -O.
+        if self.lengths.size != n:
+            raise AssertionError(f"lengths holds {self.lengths.size} sequences, expected {n}")
+        if not (off.ndim == 1 and off.size >= 1 and off[0] == 0 and off[-1] == idx.size):
+            raise AssertionError(f"offsets must run from 0 to len(indices)={idx.size}; "
+                                 f"got {off[:3]}...{off[-3:]}")
         sizes = np.diff(off)
         if sizes.size and sizes.min() < 1:
             p = int(np.argmin(sizes))
             raise AssertionError(f"pack {p} is empty")
         if idx.size:
             lo, hi = int(idx.min()), int(idx.max())
-            assert lo >= 0 and hi < n, f"indices must lie in [0, {n}); found {lo if lo < 0 else hi}"
+            if lo < 0 or hi >= n:
+                raise AssertionError(f"indices must lie in [0, {n}); found {lo if lo < 0 else hi}")
             counts = np.bincount(idx, minlength=n)
             if counts.max() > 1:
                 i = int(np.argmax(counts > 1))
                 raise AssertionError(f"sequence {i} is in {int(counts[i])} packs")
         # No index twice and all in range: n of them means every sequence exactly once.
-        assert idx.size == n, f"{idx.size} sequences are assigned, expected {n}"
+        if idx.size != n:
+            raise AssertionError(f"{idx.size} sequences are assigned, expected {n}")
         if n == 0:
             return self
         tokens = self.pack_tokens
@@ -294,7 +303,8 @@ def _expand(events: list[tuple[int, int, int, int, int]], n_packs: int, kept: np
 
 def _result(events, n_packs, kept, values, capacity, max_per_pack, truncated, algorithm) -> PackResult:
     flat, offsets = _expand(events, n_packs, kept, values)
-    kept.setflags(write=False)
+    for a in (flat, offsets, kept):
+        a.setflags(write=False)  # packs are views of flat; nobody should edit a result in place
     return PackResult(flat, offsets, capacity, kept, truncated, max_per_pack, algorithm)
 
 

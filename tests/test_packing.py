@@ -492,3 +492,17 @@ def test_packed_strategy():
     assert varlen.attention_efficiency == 1.0 and dense.attention_efficiency < 1.0
     with pytest.raises(ValueError, match="varlen must be True or False; got 'no'"):
         batch_shapes("packed", lengths, varlen="no")
+
+
+def test_class_order_is_a_stable_sort_in_every_path():
+    from padlab.packing import _class_order
+
+    rng = np.random.default_rng(0)
+    # one-byte keys; <= 256 classes with large values; > 256 classes in two 2**21 chunks; huge values
+    for n, high in ((5000, 200), (5000, 10**6), (2_500_000, 2000), (3000, 10**12)):
+        lengths = rng.integers(1, high, n)
+        values = np.unique(lengths)
+        if high == 10**6:
+            lengths = values[rng.integers(0, 100, n)]
+            values = np.unique(lengths)
+        assert np.array_equal(_class_order(lengths, values), np.argsort(lengths, kind="stable")), (n, high)
