@@ -97,7 +97,9 @@ class PackResult:
     def packs(self) -> list[np.ndarray]:
         """One array of sequence indices per pack (read-only views of :attr:`indices`)."""
         if "packs" not in self._cache:
-            self._cache["packs"] = np.split(self.indices, self.offsets[1:-1])
+            # Plain slicing: np.split builds the same views about three times slower.
+            ends = self.offsets.tolist()
+            self._cache["packs"] = [self.indices[i:j] for i, j in zip(ends[:-1], ends[1:])]
         return self._cache["packs"]
 
     @property
