@@ -46,6 +46,8 @@ from ._validate import check_choice, check_int, fail
 from .data import CLS_ID, MASK_ID, PAD_ID, SEP_ID, Corpus, load_corpus
 from .models import IGNORE_INDEX, EncoderConfig, EncoderForMaskedLM, model_flops
 
+_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+             "math": "MATH"}
 STRATEGIES = ("fixed", "dynamic", "dynamic-multiple", "bucketed", "token-budget", "packed", "packed-varlen")
 PRECISIONS = ("fp32", "tf32", "fp16-amp", "bf16-amp")
 WORK = ("tokens", "sequences")
@@ -72,6 +74,7 @@ class BenchConfig:
     lr: float = 1e-4
     seed: int = 0
     compile: tuple[str, ...] = ()            # "strategy/precision" rows to torch.compile
+    sdpa_backends: tuple[str, ...] = ()      # restrict SDPA to these backends ("" = PyTorch's choice)
     device: str = "auto"
     progress: bool = True
 
@@ -83,6 +86,8 @@ class BenchConfig:
             check_choice("strategies", s, STRATEGIES)
         for p in self.precisions:
             check_choice("precisions", p, PRECISIONS)
+        for b in self.sdpa_backends:
+            check_choice("sdpa_backends", b, tuple(_BACKENDS))
         for name in ("capacity", "seqs_per_step", "budget", "multiple", "mega_batch", "timed_steps"):
             check_int(name, getattr(self, name), min_value=1)
         if self.budget < self.capacity:
@@ -232,7 +237,7 @@ def collate_step(strategy: str, mc: MaskedCorpus, step: Any, cfg: BenchConfig, m
         else:
             keep = b["attention_mask"].reshape(-1).bool()
             inputs = {"input_ids": b["input_ids"].reshape(-1)[keep], "position_ids": b["position_ids"].reshape(-1)[keep],
-                      "cu_seqlens": b["cu_seqlens"], "max_seqlen": int(b["max_seqlen"])}
+                      "cu_seqlens": b["cu_seqlens"], "max_seqlen": cap}
             labels = b["labels"].reshape(-1)[keep]
         slots = int(b["input_ids"].numel()) if strategy == "packed" else int(keep.sum())
     else:
@@ -338,6 +343,17 @@ class _Precision:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
 
+def sdpa_backends(names: Sequence[str]):
+    """A context restricting SDPA to the named backends; no names, PyTorch's own choice."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if not names:
+        return contextlib.nullcontext()
+    return sdpa_kernel([getattr(SDPBackend, _BACKENDS[n]) for n in names])
+
+
 def _train_step(model, opt, prec: _Precision, inputs: dict[str, Any]) -> torch.Tensor:
     with prec.autocast():
         loss = model(**inputs).loss
@@ -368,8 +384,8 @@ def run_row(strategy: str, precision: str, steps: Sequence[dict[str, Any]], init
     dev_steps = [_to(s["inputs"], device) for s in steps]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    cold, warm, losses = [], [], []
-    with prec:
+    cold, warm, losses, scales = [], [], [], []
+    with prec, sdpa_backends(cfg.sdpa_backends):
         t_start = time.perf_counter()
         for inp in dev_steps:                      # cold pass: every shape seen once
             with _Timer(device) as t:
@@ -380,6 +396,7 @@ def run_row(strategy: str, precision: str, steps: Sequence[dict[str, Any]], init
             with _Timer(device) as t:
                 losses.append(_train_step(run, opt, prec, inp))
             warm.append(t.ms)
+            scales.append(prec.scaler.get_scale() if prec.scaler.is_enabled() else 1.0)
     real = np.array([s["real_tokens"] for s in steps], dtype=np.float64)
     slots = np.array([s["slots"] for s in steps], dtype=np.float64)
     flops = _row_flops(mcfg, steps)
@@ -400,7 +417,9 @@ def run_row(strategy: str, precision: str, steps: Sequence[dict[str, Any]], init
         "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
         "model_tflops": tflops, "mfu": tflops / peak_tflops if peak_tflops else None,
         "loss": float(loss_vals[-1]), "loss_mean_timed": float(loss_vals.mean()),
-        "skipped_steps": None,
+        # GradScaler halves its scale exactly when it skips a step (inf/NaN gradients).
+        "skipped_steps": int(np.sum(np.diff(scales) < 0)) if prec.scaler.is_enabled() else 0,
+        "sdpa_backends": list(cfg.sdpa_backends) or "default",
     }
 
 
@@ -470,8 +489,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_benchmark(cfg: BenchConfig, command: str = "", extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run every (strategy, precision) row of ``cfg``; returns the JSON-ready result."""
+def run_benchmark(cfg: BenchConfig, command: str = "", extra: dict[str, Any] | None = None,
+                  on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run every (strategy, precision) row of ``cfg``; returns the JSON-ready result.
+
+    ``on_row`` is called with the partial result after each row (to save progress).
+    """
     from tqdm.auto import tqdm
 
     device = resolve_device(cfg.device)
@@ -504,6 +527,8 @@ def run_benchmark(cfg: BenchConfig, command: str = "", extra: dict[str, Any] | N
             slots = int(math.ceil(max(b["masked_tokens"] for b in probe) / 128) * 128)
         steps = [collate_step(s, mc, st, cfg, mlm_slots=slots) for st in plan]
         result["rows"].append(run_row(s, p, steps, init_state, mcfg, cfg, device, peak, compiled))
+        if on_row is not None:
+            on_row(result)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     base = next((r for r in result["rows"] if r["strategy"] == "fixed" and r["precision"] == "fp32"), None)
