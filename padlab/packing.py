@@ -26,9 +26,9 @@ varlen convention) and a block-diagonal attention mask. A plain ``DataLoader`` d
                         collate_fn=PackedCollator(256))
     batch = next(iter(loader))   # input_ids 8 x 256, block_mask 8 x 256 x 256, cu_seqlens, ...
 
-The packing itself is fixed; ``shuffle=True`` reorders whole packs each epoch. For new pack
-*contents* each epoch, pack again (SPFHP and FFD are deterministic in the lengths, so permute
-the dataset first, e.g. with ``corpus.select(rng.permutation(len(corpus)))``).
+The packing itself is fixed; ``shuffle=True`` reorders whole packs each epoch. Both algorithms
+are deterministic in the lengths: packing a permuted dataset (``corpus.select(perm)``) trades
+sequences of equal length between packs, but the pack shapes stay the same.
 """
 from __future__ import annotations
 
