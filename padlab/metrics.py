@@ -234,12 +234,12 @@ def op_names(fn) -> list[str]:
     return [e.name for e in events if e.name.startswith("aten::")]
 
 
-def sdpa_backend_used(q, k, v, attn_mask=None, *, backends=None) -> str:
-    """Which SDPA backend ran for these inputs: ``"math"``, ``"flash"``, ``"efficient"``, ``"cudnn"``.
+def sdpa_ops(q, k, v, attn_mask=None, *, backends=None) -> list[str]:
+    """The aten operators one ``scaled_dot_product_attention(q, k, v, attn_mask)`` call runs, in order.
 
-    Runs ``scaled_dot_product_attention(q, k, v, attn_mask)`` once (under
-    ``torch.nn.attention.sdpa_kernel(backends)`` when ``backends`` is given) and reads the kernel's
-    name from the profiler (see :data:`SDPA_KERNELS`).
+    Runs under ``torch.nn.attention.sdpa_kernel(backends)`` when ``backends`` (a list of
+    ``SDPBackend``) is given, else with PyTorch's own choice. The math path shows ``aten::bmm`` and
+    ``aten::_softmax``; a fused path shows one kernel named in :data:`SDPA_KERNELS`.
     """
     import contextlib
 
@@ -248,7 +248,15 @@ def sdpa_backend_used(q, k, v, attn_mask=None, *, backends=None) -> str:
 
     ctx = sdpa_kernel(backends) if backends is not None else contextlib.nullcontext()
     with ctx:
-        names = op_names(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask))
+        return op_names(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask))
+
+
+def sdpa_backend_used(q, k, v, attn_mask=None, *, backends=None) -> str:
+    """Which SDPA backend ran for these inputs: ``"math"``, ``"flash"``, ``"efficient"``, ``"cudnn"``.
+
+    Reads the kernel's name from the profiler (:func:`sdpa_ops`, :data:`SDPA_KERNELS`).
+    """
+    names = sdpa_ops(q, k, v, attn_mask, backends=backends)
     for name in names:
         if name in SDPA_KERNELS:
             return SDPA_KERNELS[name]

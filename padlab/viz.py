@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 __all__: list[str] = []
@@ -73,6 +74,8 @@ def cost_vs_length(x, series: dict[str, list[float]], *, xlabel: str = "sequence
     if loglog:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.set_xticks(list(x), [f"{v:g}" for v in x])  # the measured points, in plain numbers
+        ax.minorticks_off()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -131,19 +134,19 @@ def mask_heatmap(input_ids, attention_mask, *, position_ids=None, title: str = "
         panels.append(("position_ids", np.asarray(position_ids)))
     mask = panels[1][1].astype(bool)
     rows, width = mask.shape
-    fig, axes = _new(figsize=(min(0.42 * width, 7.0), 0.42 * rows * len(panels) + 0.9), nrows=len(panels),
+    fig, axes = _new(figsize=(min(max(0.42 * width, 4.0), 7.5), 0.42 * rows * len(panels) + 0.9), nrows=len(panels),
                      squeeze=False)
     for ax, (name, values) in zip(axes[:, 0], panels):
-        ax.imshow(mask, cmap="Blues", vmin=-0.6, vmax=1.4, aspect="auto")
+        ax.imshow(mask, cmap=ListedColormap(["#eeeeee", "#9ecae1"]), vmin=0, vmax=1, aspect="auto")
         for (r, c), v in np.ndenumerate(values):
-            ax.text(c, r, str(v), ha="center", va="center", fontsize=7, color="black" if mask[r, c] else "0.55")
+            ax.text(c, r, str(v), ha="center", va="center", fontsize=7, color="black" if mask[r, c] else "0.5")
         ax.set_yticks(range(rows))
         ax.set_xticks(range(width))
         ax.tick_params(labelsize=7)
         ax.grid(False)
         ax.set_ylabel("row", fontsize=8)
         ax.set_title(name, fontsize=9, loc="left")
-    axes[-1, 0].set_xlabel("column (blue = real token, white = padding)", fontsize=8)
+    axes[-1, 0].set_xlabel("column (blue = real token, grey = padding)", fontsize=8)
     if title:
         fig.suptitle(title)
     return fig

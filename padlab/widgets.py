@@ -7,6 +7,7 @@ padlab functions the tests check, so a browser test can compare the page with pa
 from __future__ import annotations
 
 import functools
+import io
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
@@ -26,6 +27,18 @@ def _show(out: W.Output, fig) -> None:
     plt.close(fig)
 
 # --- chapters 01-02: fixed and dynamic padding -----------------------------------------------
+
+def _show_png(image: W.Image, fig) -> None:
+    """Draw ``fig`` into an Image widget and free it.
+
+    An image in widget state, not a display inside an ``Output`` area: kernels run without a browser
+    (nbval, nbconvert) then record the same cell outputs, so stored notebooks compare cleanly.
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    image.value = buf.getvalue()
+
 
 #: Grids the curves are drawn on (the readout is computed for the exact control value).
 MAX_LENGTH_GRID = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512)
@@ -80,14 +93,14 @@ def fixed_padding_widget(corpus: str = "fortunes", max_length: int = 128, *, bat
                          continuous_update=False)
     readout = W.HTML()
     readout.add_class("padlab-readout")
-    out = W.Output()
+    out = W.Image(format="png")
 
     def update(_=None) -> None:
         (report,) = waste_table(load_corpus(pick.value).lengths, ("fixed",), batch_size=batch_size,
                                 max_length=slider.value)
         readout.value = _fixed_readout(pick.value, slider.value, report)
         grid, wasted, truncated = _fixed_curve(pick.value, batch_size)
-        _show(out, viz.waste_vs_max_length(grid, wasted, truncated, corpus=pick.value, current=slider.value))
+        _show_png(out, viz.waste_vs_max_length(grid, wasted, truncated, corpus=pick.value, current=slider.value))
 
     pick.observe(update, names="value")
     slider.observe(update, names="value")
@@ -106,13 +119,13 @@ def dynamic_padding_widget(corpus: str = "fortunes", batch_size: int = 32, *, ma
                                continuous_update=False)
     readout = W.HTML()
     readout.add_class("padlab-readout")
-    out = W.Output()
+    out = W.Image(format="png")
 
     def update(_=None) -> None:
         fixed, dynamic = waste_table(load_corpus(pick.value).lengths, ("fixed", "dynamic"),
                                      batch_size=slider.value, max_length=max_length)
         readout.value = _dynamic_readout(pick.value, slider.value, max_length, fixed, dynamic)
-        _show(out, viz.waste_vs_batch_size(BATCH_SIZE_GRID, _batch_curve(pick.value, max_length),
+        _show_png(out, viz.waste_vs_batch_size(BATCH_SIZE_GRID, _batch_curve(pick.value, max_length),
                                            corpus=pick.value, current=slider.value))
 
     pick.observe(update, names="value")

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend
 
 from padlab.metrics import (flop_count, median_time, op_names, parameter_memory, saved_activation_bytes,
-                            sdpa_backend_used)
+                            sdpa_backend_used, sdpa_ops)
 
 
 # --- parameter_memory ---------------------------------------------------------------------------
@@ -157,6 +157,8 @@ def test_op_names_show_softmax_only_on_the_math_path():
         flash = op_names(lambda: F.scaled_dot_product_attention(q, k, v))
     assert "aten::_softmax" in math and "aten::bmm" in math
     assert "aten::_softmax" not in flash and "aten::_scaled_dot_product_flash_attention_for_cpu" in flash
+    assert sdpa_ops(q, k, v, backends=[SDPBackend.MATH]) == math
+    assert sdpa_ops(q, k, v, backends=[SDPBackend.FLASH_ATTENTION]) == flash
 
 
 def test_flop_count_of_matmul_and_attention():

@@ -33,10 +33,13 @@ def test_fixed_padding_widget_readout_follows_the_controls():
     assert pick.description == "corpus" and slider.description == "max_length"
     assert "padlab-readout" in readout._dom_classes
     assert readout.value == _fixed_text("fortunes", 128)
+    png = w.children[2].value
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
     slider.value = 64
     assert readout.value == _fixed_text("fortunes", 64)
     pick.value = "wordnet"
     assert readout.value == _fixed_text("wordnet", 64)
+    assert w.children[2].value != png                      # the figure was redrawn
 
 
 def test_fixed_padding_readout_by_hand_at_full_length():
