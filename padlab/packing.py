@@ -144,12 +144,14 @@ class PackResult:
             lo, hi = int(idx.min()), int(idx.max())
             if lo < 0 or hi >= n:
                 raise AssertionError(f"indices must lie in [0, {n}); found {lo if lo < 0 else hi}")
-            counts = np.bincount(idx, minlength=n)
-            if counts.max() > 1:
+        # n indices in range that cover all n sequences: every sequence exactly once.
+        seen = np.zeros(n, dtype=bool)
+        seen[idx] = True
+        if idx.size != n or not seen.all():
+            counts = np.bincount(idx, minlength=n)  # only on failure: say what is wrong
+            if idx.size and counts.max() > 1:
                 i = int(np.argmax(counts > 1))
                 raise AssertionError(f"sequence {i} is in {int(counts[i])} packs")
-        # No index twice and all in range: n of them means every sequence exactly once.
-        if idx.size != n:
             raise AssertionError(f"{idx.size} sequences are assigned, expected {n}")
         if n == 0:
             return self
