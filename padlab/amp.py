@@ -191,38 +191,66 @@ def check_policy(name: "str | Policy", device: "str | torch.device") -> PolicyCh
 
 # ----------------------------------------------------------------------------- contexts
 
+# The per-backend precision settings of torch >= 2.9 ("none", "ieee", "tf32", "bf16"). Reading
+# them never fails, and writing the saved values back restores every older view too.
+_PRECISION_KNOBS = ("", "cuda.matmul", "cudnn", "cudnn.conv", "cudnn.rnn", "mkldnn", "mkldnn.matmul",
+                    "mkldnn.conv", "mkldnn.rnn")
+
+
+def _knob(path: str) -> Any:
+    obj = torch.backends
+    for part in filter(None, path.split(".")):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _precision_state() -> dict[str, str] | None:
+    state = {}
+    for path in _PRECISION_KNOBS:
+        obj = _knob(path)
+        value = getattr(obj, "fp32_precision", None) if obj is not None else None
+        if isinstance(value, str):
+            state[path] = value
+    return state or None
+
+
 @contextlib.contextmanager
 def tf32_mode(enabled: bool = True) -> Iterator[None]:
-    """Let CUDA float32 matmuls and convolutions use TF32 inside the block; restore the flags after.
+    """Let CUDA float32 matmuls and convolutions use TF32 inside the block; restore every flag after.
 
-    Only the CUDA flags change (``torch.backends.cuda.matmul`` and ``torch.backends.cudnn``),
-    so CPU matmuls stay exact float32. The previous state, including
-    ``torch.get_float32_matmul_precision()``, is restored even if the block raises.
+    Inside, ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32`` are
+    ``enabled`` (so ``torch.get_float32_matmul_precision()`` reads ``"high"``). Only the CUDA
+    flags change, so CPU matmuls stay exact float32. The previous state is restored even if the
+    block raises: the legacy flags, then (torch >= 2.9) every per-backend ``fp32_precision``.
+    Restoring with ``set_float32_matmul_precision`` instead would leave the backends disagreeing,
+    and torch then refuses to report the precision at all.
     """
     if not isinstance(enabled, bool):
         raise fail("enabled", enabled, "be True or False")
     cuda_mm, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = _precision_state()
     try:
-        saved = ("legacy", torch.get_float32_matmul_precision(), cuda_mm.allow_tf32, cudnn.allow_tf32)
+        legacy = (None if saved is not None else torch.get_float32_matmul_precision(),
+                  cuda_mm.allow_tf32, cudnn.allow_tf32)
     except RuntimeError:
-        # Someone set the newer fp32_precision API; torch refuses to mix the two, so use it too.
-        saved = ("new", cuda_mm.fp32_precision, cudnn.conv.fp32_precision)
+        legacy = None  # the caller set the new API in a way the legacy flags cannot describe
     try:
-        if saved[0] == "legacy":
+        if legacy is not None:
             cuda_mm.allow_tf32 = enabled
             cudnn.allow_tf32 = enabled
         else:
-            cuda_mm.fp32_precision = "tf32" if enabled else "ieee"
-            cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
+            cuda_mm.fp32_precision = cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
         yield
     finally:
-        if saved[0] == "legacy":
-            torch.set_float32_matmul_precision(saved[1])
-            cuda_mm.allow_tf32 = saved[2]
-            cudnn.allow_tf32 = saved[3]
-        else:
-            cuda_mm.fp32_precision = saved[1]
-            cudnn.conv.fp32_precision = saved[2]
+        # torch >= 2.9 keeps the legacy flags and the per-backend strings side by side and refuses
+        # to report either when they disagree: restore the legacy flags first, then the strings.
+        if legacy is not None:
+            if legacy[0] is not None:
+                torch.set_float32_matmul_precision(legacy[0])
+            cuda_mm.allow_tf32 = legacy[1]
+            cudnn.allow_tf32 = legacy[2]
+        for path, value in (saved or {}).items():
+            _knob(path).fp32_precision = value
 
 
 def autocast_context(policy: "str | Policy", device: "str | torch.device") -> contextlib.AbstractContextManager:
