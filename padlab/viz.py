@@ -161,6 +161,8 @@ def waste_vs_batch_size(batch_sizes, efficiency_by_series: dict[str, list[float]
     if current is not None:
         ax.axvline(current, color="0.3", ls="--", lw=1, label=f"batch size = {current}")
     ax.set_xscale("log", base=2)
+    ax.set_xticks(list(batch_sizes), [f"{v:g}" for v in batch_sizes])
+    ax.minorticks_off()
     ax.set_xlabel("batch size (texts)")
     ax.set_ylabel("efficiency: real / computed tokens (%)")
     ax.set_ylim(0, 100)
@@ -190,6 +192,183 @@ def padded_length_distribution(widths_by_series: dict[str, np.ndarray], *, title
 # --- chapter 05: float formats ----------------------------------------------------------------
 
 # --- chapter 06: mixed precision --------------------------------------------------------------
+
+__all__ += ["autocast_dtype_grid", "gradient_histogram", "loss_scale_dynamics", "policy_curves",
+            "policy_result_bars", "policy_speed_memory"]
+
+# One colour per policy, shared by every chapter-06 figure (fp16 reds, bf16 purples, fp32 blues).
+POLICY_COLOURS = {"fp32": "#4c72b0", "tf32": "#64b5cd", "fp16-amp": "#c44e52", "fp16-pure": "#f4a582",
+                  "bf16-amp": "#8172b2", "bf16-pure": "#c2a5cf"}
+_DTYPE_COLOURS = {"float32": "#c6dbef", "float16": "#fcbba1", "bfloat16": "#dadaeb", "int64": "#eeeeee"}
+_DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int64": "int"}
+
+
+def autocast_dtype_grid(table: dict[str, dict[str, str]], *, title: str = "") -> Figure:
+    """A grid of dtypes: one row per op (``table`` keys, top to bottom), one column per policy.
+
+    ``table[op][policy]`` is the dtype the op's output had (``"float16"``, ``"float32"``, ...),
+    as :func:`padlab.amp.autocast_dtypes` measured it; a cell may say ``"a -> b"`` for input and output.
+    """
+    ops = list(table)
+    policies = list(dict.fromkeys(p for row in table.values() for p in row))
+    fig, ax = _new(figsize=(1.5 + 1.45 * len(policies), 0.9 + 0.36 * len(ops)))
+    for i, op in enumerate(ops):
+        for j, pol in enumerate(policies):
+            text = table[op].get(pol, "")
+            out = text.split("->")[-1].strip()
+            ax.add_patch(plt.Rectangle((j, i), 1, 1, color=_DTYPE_COLOURS.get(out, "white"), ec="white", lw=2))
+            short = " -> ".join(_DTYPE_SHORT.get(t.strip(), t.strip()) for t in text.split("->"))
+            ax.text(j + 0.5, i + 0.5, short, ha="center", va="center", fontsize=8)
+    ax.set_xlim(0, len(policies))
+    ax.set_ylim(len(ops), 0)
+    ax.set_xticks(np.arange(len(policies)) + 0.5, policies)
+    ax.set_yticks(np.arange(len(ops)) + 0.5, ops)
+    ax.xaxis.tick_top()
+    ax.grid(False)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in list(_DTYPE_COLOURS.values())[:3]]
+    ax.legend(handles, ["float32", "float16", "bfloat16"], fontsize=7, ncols=3, loc="upper center",
+              bbox_to_anchor=(0.5, -0.02), frameon=False)
+    ax.set_title(title or "The dtype each op's output has, by policy", fontsize=10)
+    return fig
+
+
+def gradient_histogram(values_by_label: dict[str, np.ndarray], fmt_rows: list[dict], *, bins: int = 80,
+                       title: str = "") -> Figure:
+    """Histograms of ``log10 |g|`` (non-zero values) against the formats' representable ranges.
+
+    ``fmt_rows`` are rows of :func:`padlab.floats.format_table` (``format``, ``max``,
+    ``smallest_normal``, ``smallest_subnormal``). The band left of the first format's smallest
+    subnormal (half of it, where round-to-nearest gives zero) is shaded: values there flush to zero.
+    """
+    fig, ax = _new(figsize=(8, 3.8))
+    finite = [np.abs(np.asarray(v, dtype=float)) for v in values_by_label.values()]
+    finite = [v[(v > 0) & np.isfinite(v)] for v in finite]
+    lo = min([np.log10(v.min()) for v in finite if v.size] + [np.log10(fmt_rows[0]["smallest_subnormal"]) - 2])
+    hi = max([np.log10(v.max()) for v in finite if v.size] + [np.log10(fmt_rows[0]["max"]) + 0.5])
+    edges = np.linspace(np.floor(lo), np.ceil(hi), bins + 1)
+    colours = ["#4c72b0", "#dd8452", "#55a868", "#8172b2"]
+    for (label, v), c in zip(zip(values_by_label, finite), colours):
+        ax.hist(np.log10(v), bins=edges, histtype="stepfilled", alpha=0.45, color=c, label=f"{label} ({v.size:,})")
+    styles = ["-", "--", ":"]
+    for row, ls in zip(fmt_rows, styles):
+        name = row["format"]
+        for key, colour in (("smallest_subnormal", "#c44e52"), ("smallest_normal", "#dd8452"), ("max", "0.2")):
+            ax.axvline(np.log10(row[key]), color=colour, ls=ls, lw=1.2,
+                       label=f"{name} {key.replace('_', ' ')} ({row[key]:.3g})")
+    flush = np.log10(fmt_rows[0]["smallest_subnormal"] / 2)
+    ax.axvspan(edges[0], flush, color="#c44e52", alpha=0.08)
+    ax.text(flush - 0.2, ax.get_ylim()[1] * 0.9, f"{fmt_rows[0]['format']} stores 0", color="#c44e52",
+            ha="right", va="top", fontsize=8)
+    ax.set_xlabel("log10 |value|")
+    ax.set_ylabel("values")
+    ax.set_yscale("log")
+    ax.set_title(title or "Gradient magnitudes against the range of half precision")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def loss_scale_dynamics(scale, skipped_steps, loss=None, *, title: str = "") -> Figure:
+    """The GradScaler's loss scale per step (log2 axis) with skipped steps marked, and the loss below."""
+    scale = np.asarray(scale, dtype=float)
+    steps = np.arange(scale.size)
+    nrows = 1 if loss is None else 2
+    fig, axes = _new(figsize=(8, 2.6 * nrows), nrows=nrows, squeeze=False, sharex=True)
+    ax = axes[0][0]
+    ax.step(steps, scale, where="post", color=POLICY_COLOURS["fp16-amp"], label="loss scale")
+    sk = np.asarray(list(skipped_steps), dtype=int)
+    if sk.size:
+        ax.scatter(sk, scale[sk], marker="x", color="k", zorder=3, label=f"skipped step ({sk.size})")
+    ax.set_yscale("log", base=2)
+    ax.set_ylabel("loss scale S")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Dynamic loss scaling: halve on inf/NaN, double after a run of good steps")
+    if loss is not None:
+        lv = np.asarray(loss, dtype=float)
+        axes[1][0].plot(np.arange(lv.size), lv, color="0.3", lw=1)
+        if sk.size:
+            axes[1][0].scatter(sk, np.where(np.isfinite(lv[sk]), lv[sk], np.nan), marker="x", color="k", zorder=3)
+        axes[1][0].set_ylabel("loss")
+        axes[1][0].set_yscale("log")
+    axes[-1][0].set_xlabel("training step")
+    return fig
+
+
+def policy_curves(curves: dict[str, np.ndarray], *, ylabel: str = "training loss", title: str = "",
+                  logy: bool = True, smooth: int = 1) -> Figure:
+    """One line per policy (``curves[policy]`` per step); ``smooth`` > 1 draws a running mean."""
+    fig, ax = _new(figsize=(7.5, 3.6))
+    for pol, y in curves.items():
+        y = np.asarray(y, dtype=float)
+        if smooth > 1 and y.size >= smooth:
+            y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
+        x = np.arange(y.size) + (smooth - 1 if smooth > 1 else 0)
+        ax.plot(x, y, label=pol, color=POLICY_COLOURS.get(pol), lw=1.4)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncols=2)
+    return fig
+
+
+def policy_result_bars(panels: dict[str, dict[str, list[float]]], *, ylabels: dict[str, str] | None = None,
+                       title: str = "") -> Figure:
+    """One panel per task: a bar per policy at the mean over seeds, a dot per seed.
+
+    ``panels[task][policy]`` lists one value per seed; NaN/inf (a diverged run) is drawn as a
+    red "diverged" label instead of a bar.
+    """
+    ylabels = ylabels or {}
+    fig, axes = _new(figsize=(4.2 * len(panels), 3.8), ncols=len(panels), squeeze=False)
+    for ax, (task, by_policy) in zip(axes[0], panels.items()):
+        names = list(by_policy)
+        finite_all = [x for v in by_policy.values() for x in v if np.isfinite(x)]
+        top = max(finite_all) if finite_all else 1.0
+        for i, pol in enumerate(names):
+            vals = np.asarray(by_policy[pol], dtype=float)
+            ok = vals[np.isfinite(vals)]
+            if ok.size == vals.size and ok.size:
+                ax.bar(i, ok.mean(), color=POLICY_COLOURS.get(pol), alpha=0.85)
+                ax.scatter(np.full(ok.size, i), ok, color="k", s=10, zorder=3)
+            else:
+                ax.text(i, top * 0.05, "diverged\n(NaN)", ha="center", va="bottom", color="#c44e52", fontsize=8,
+                        rotation=90)
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
+        ax.set_ylabel(ylabels.get(task, ""))
+        ax.set_title(task, fontsize=10)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def policy_speed_memory(rows_by_model: dict[str, dict[str, tuple[float, float | None]]], *, device: str = "") -> Figure:
+    """Step time and peak memory per policy, relative to fp32, one group of bars per model size.
+
+    ``rows_by_model[model][policy] = (median step ms, peak memory bytes or None)``.
+    """
+    fig, axes = _new(figsize=(11, 3.8), ncols=2)
+    models = list(rows_by_model)
+    policies = list(dict.fromkeys(p for m in rows_by_model.values() for p in m))
+    width = 0.8 / max(1, len(policies))
+    for k, (ax, what) in enumerate(zip(axes, ("step time", "peak memory"))):
+        for j, pol in enumerate(policies):
+            vals = []
+            for m in models:
+                base = rows_by_model[m].get("fp32", (np.nan, None))[k]
+                v = rows_by_model[m].get(pol, (np.nan, None))[k]
+                vals.append(v / base if (v is not None and base) else np.nan)
+            x = np.arange(len(models)) + (j - (len(policies) - 1) / 2) * width
+            ax.bar(x, vals, width, color=POLICY_COLOURS.get(pol), label=pol)
+        ax.axhline(1.0, color="0.3", lw=1, ls="--")
+        ax.set_xticks(np.arange(len(models)), models)
+        ax.set_ylabel(f"{what} / fp32's")
+        ax.set_title(f"{what.capitalize()} per training step{' on ' + device if device else ''}", fontsize=10)
+    axes[1].legend(fontsize=8, ncols=2)
+    return fig
+
 
 # --- chapter 07: benchmark --------------------------------------------------------------------
 
