@@ -52,7 +52,7 @@ from ._validate import check_choice, check_float, check_int, fail
 __all__ = [
     "POLICIES", "Policy", "PolicyCheck", "PolicyWarning", "Prepared", "StepRecord", "TrainRun", "OpDtype",
     "get_policy", "check_policy", "prepare", "tf32_mode", "autocast_context", "default_loss", "default_optimizer",
-    "TASKS", "TaskSpec", "Task", "make_task", "run_experiment",
+    "TASKS", "TaskSpec", "Task", "make_task", "run_experiment", "load_matrix", "summarize_matrix", "speed_table",
     "train_step", "train", "evaluate", "grad_underflow_fraction", "gradient_values", "autocast_dtypes",
     "FP16_FLUSH_THRESHOLD",
 ]
@@ -919,3 +919,84 @@ def run_experiment(task: Task, policy: "str | Policy", *, steps: int, device: "s
         "train_seconds": seconds,
         "peak_memory_bytes": peak,
     }
+
+
+# ----------------------------------------------------------------------------- reading the benchmark JSON
+
+def _unjson(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _unjson(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_unjson(x) for x in v]
+    if v in ("nan", "inf", "-inf"):
+        return float(v)
+    return v
+
+
+def load_matrix(path: Any) -> dict[str, Any]:
+    """Read a ``benchmarks/amp_matrix.py`` JSON file; the strings "nan"/"inf"/"-inf" become floats."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise fail("path", str(path), "name an existing amp_matrix JSON file")
+    data = json.loads(p.read_text())
+    if not isinstance(data, dict) or "rows" not in data:
+        raise fail("path", str(path), "hold an object with 'rows'")
+    return _unjson(data)
+
+
+def summarize_matrix(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per (task, policy) of the train rows: the metric over seeds and what the runs did.
+
+    ``metric`` is ``accuracy`` (classification) or ``mae`` (regression, in the task's unit);
+    ``values`` lists it per seed; ``mean``/``std`` are over the seeds whose value is finite and
+    ``diverged`` counts the others (NaN/inf loss or predictions). ``exact`` is the mean
+    ``exact_fraction`` (regression); ``skipped`` the mean number of skipped steps per run;
+    ``underflow`` / ``underflow_unscaled`` the mean per-step underflow fractions.
+    """
+    rows = [r for r in result.get("rows", []) if r.get("kind_of_row") == "train"]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["policy"]), []).append(r)
+    out = []
+    for (task, policy), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        metric = "accuracy" if rs[0]["kind"] == "classification" else "mae"
+        vals = [float(r[metric]) for r in rs]
+        bad = [not math.isfinite(v) or not math.isfinite(float(r["final_loss"])) for v, r in zip(vals, rs)]
+        ok = [v for v, b in zip(vals, bad) if not b]
+        row = {
+            "task": task, "policy": policy, "kind": rs[0]["kind"], "unit": rs[0].get("unit", ""),
+            "metric": metric, "values": vals, "seeds": len(rs),
+            "mean": float(np.mean(ok)) if ok else math.nan,
+            "std": float(np.std(ok)) if len(ok) > 1 else 0.0 if ok else math.nan,
+            "diverged": int(sum(bad)),
+            "skipped": float(np.mean([len(r["skipped_steps"]) for r in rs])),
+            "underflow": float(np.nanmean([float(r["underflow_mean"]) for r in rs])),
+            "underflow_unscaled": float(np.nanmean([float(r["underflow_unscaled_mean"]) for r in rs])),
+        }
+        if metric == "mae":
+            ex = [float(r["exact_fraction"]) for r, b in zip(rs, bad) if not b]
+            row["exact"] = float(np.mean(ex)) if ex else math.nan
+        out.append(row)
+    return out
+
+
+def speed_table(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per (model, policy) of the speed rows, with step time and peak memory relative to fp32."""
+    rows = [r for r in result.get("rows", []) if r.get("kind_of_row") == "speed"]
+    base = {r["model"]: r for r in rows if r["policy"] == "fp32"}
+    out = []
+    for r in rows:
+        b = base.get(r["model"])
+        mem = r.get("peak_memory_bytes")
+        out.append({
+            "model": r["model"], "policy": r["policy"], "batch_size": r["batch_size"], "length": r["length"],
+            "step_ms": float(r["step_ms_median"]),
+            "time_vs_fp32": float(r["step_ms_median"]) / float(b["step_ms_median"]) if b else math.nan,
+            "peak_mib": mem / 2**20 if mem else math.nan,
+            "memory_vs_fp32": mem / b["peak_memory_bytes"] if (mem and b and b.get("peak_memory_bytes")) else math.nan,
+        })
+    return out
