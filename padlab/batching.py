@@ -34,7 +34,8 @@ batches. When the number of batches is not a multiple of ``num_replicas``:
   sequences included).
 
 Every rank must build its sampler with the same lengths, options and seed, and call
-``set_epoch`` with the same epoch.
+``set_epoch`` with the same epoch (as with ``DistributedSampler``, nothing advances the
+epoch by itself). Options are fixed at construction: build a new sampler to change them.
 
 Speed: without noise, each example is one uint64 word ``[random | position | length]``;
 one SIMD sort of the words shuffles them, a second one (per pool, after rotating the
