@@ -531,11 +531,23 @@ class TokenBudgetBatchSampler(_LengthGroupedSampler):
         nxt = np.cumsum(np.bincount(need, minlength=m))
         if cap < m:
             np.minimum(nxt, np.arange(cap, m + cap), out=nxt)
-        starts, s = [0], 0
-        while s < m:  # a loop over batches
-            s = int(nxt[s])
-            starts.append(s)
-        return np.array(starts, dtype=np.int64)
+        heads, ends = bounds[:-1], bounds[1:]
+        if len(heads) == 1:
+            starts, s = [0], 0
+            while s < m:  # a loop over batches
+                s = int(nxt[s])
+                starts.append(s)
+            return np.array(starts, dtype=np.int64)
+        # Several pools: walk them all in step, one vectorised hop per batch of a pool.
+        live = heads < ends
+        cur, ends = heads[live], ends[live]
+        found = []
+        while cur.size:
+            found.append(cur)
+            cur = nxt[cur]
+            live = cur < ends
+            cur, ends = cur[live], ends[live]
+        return np.sort(np.concatenate(found + [np.array([m])]))
 
     @staticmethod
     def _greedy_noisy(lens: np.ndarray, bounds: np.ndarray, T: int, cap: int) -> np.ndarray:
