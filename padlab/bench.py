@@ -114,9 +114,10 @@ class MaskedCorpus:
     labels: np.ndarray          # flat, the original id where chosen, -100 elsewhere
     lengths: np.ndarray         # min(length, capacity): what every layout keeps
 
-    def example(self, i: int) -> dict[str, list[int]]:
+    def example(self, i: int) -> dict[str, np.ndarray]:
         s, e = self.corpus.offsets[i], self.corpus.offsets[i] + self.lengths[i]
-        return {"input_ids": self.input_ids[s:e].tolist(), "labels": self.labels[s:e].tolist()}
+        # numpy views: the collators take arrays without a per-token Python conversion
+        return {"input_ids": self.input_ids[s:e], "labels": self.labels[s:e]}
 
 
 def mask_corpus(corpus: Corpus, prob: float, capacity: int, seed: int) -> MaskedCorpus:
@@ -135,7 +136,7 @@ def mask_corpus(corpus: Corpus, prob: float, capacity: int, seed: int) -> Masked
     return MaskedCorpus(corpus, masked, labels, np.minimum(corpus.lengths, capacity))
 
 
-def _examples(mc: MaskedCorpus, idx: np.ndarray) -> list[dict[str, list[int]]]:
+def _examples(mc: MaskedCorpus, idx: np.ndarray) -> list[dict[str, np.ndarray]]:
     return [mc.example(int(i)) for i in idx]
 
 
@@ -228,7 +229,8 @@ def collate_step(strategy: str, mc: MaskedCorpus, step: Any, cfg: BenchConfig, m
     cap = cfg.capacity
     if strategy in ("packed", "packed-varlen"):
         packs = [_examples(mc, p) for p in step]
-        b = PackedCollator(cap)(packs)
+        # The dense block mask (rows x cap x cap) is only built where the model uses it.
+        b = PackedCollator(cap, return_block_mask=strategy == "packed")(packs)
         seq_lengths = np.concatenate([mc.lengths[p] for p in step])
         if strategy == "packed":
             inputs = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"],
@@ -470,14 +472,47 @@ def loss_curve(strategy: str, precision: str, mc: MaskedCorpus, cfg: BenchConfig
             "loss": [float(x) for x in torch.stack(losses).float().cpu()]}
 
 
-def loader_rate(strategy: str, mc: MaskedCorpus, cfg: BenchConfig, steps: int = 20) -> dict[str, float]:
-    """Sampler plus collator on the CPU: batches and real tokens per second."""
+class _PlannedSteps(torch.utils.data.Dataset):
+    """Planned steps as a dataset: item ``i`` is step ``i`` collated (so workers can share it)."""
+
+    def __init__(self, strategy: str, mc: MaskedCorpus, cfg: BenchConfig, plan: list) -> None:
+        self.strategy, self.mc, self.cfg, self.plan = strategy, mc, cfg, plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return collate_step(self.strategy, self.mc, self.plan[i], self.cfg)
+
+
+def loader_rate(strategy: str, mc: MaskedCorpus, cfg: BenchConfig, steps: int = 20,
+                workers: int = 0) -> dict[str, float]:
+    """Sampler plus collator on the CPU: batches and real tokens per second.
+
+    ``workers=0`` times one process doing both; ``workers>0`` times a ``DataLoader`` with that
+    many worker processes, from its first batch to its last (start-up reported apart).
+    """
     t0 = time.perf_counter()
     plan = plan_batches(strategy, mc, cfg, steps, epoch0=200)
-    batches = [collate_step(strategy, mc, p, cfg) for p in plan]
-    dt = time.perf_counter() - t0
-    return {"strategy": strategy, "batches_per_s": len(batches) / dt,
-            "real_tokens_per_s": sum(b["real_tokens"] for b in batches) / dt}
+    t_plan = time.perf_counter() - t0
+    if workers == 0:
+        t0 = time.perf_counter()
+        batches = [collate_step(strategy, mc, p, cfg) for p in plan]
+        dt = time.perf_counter() - t0 + t_plan
+        startup = 0.0
+    else:
+        loader = torch.utils.data.DataLoader(_PlannedSteps(strategy, mc, cfg, plan), batch_size=None,
+                                             num_workers=workers, prefetch_factor=4)
+        t0 = time.perf_counter()
+        it = iter(loader)
+        batches = [next(it)]
+        t1 = time.perf_counter()
+        batches.extend(it)
+        dt = (time.perf_counter() - t1) * len(batches) / max(1, len(batches) - 1)
+        startup = t1 - t0
+    return {"strategy": strategy, "workers": workers, "steps": len(batches), "batches_per_s": len(batches) / dt,
+            "real_tokens_per_s": sum(b["real_tokens"] for b in batches) / dt, "plan_s": t_plan,
+            "startup_s": startup}
 
 
 # --------------------------------------------------------------------------- the run

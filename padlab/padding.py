@@ -37,6 +37,10 @@ _BUILT_KEYS = ("attention_mask", "position_ids", "lengths", "truncated_tokens")
 
 def _as_int_array(name: str, seq: Any, *, allow_negative: bool, allow_empty: bool) -> np.ndarray:
     """``seq`` as a 1-D int64 array; refuses floats, bools, strings, nesting (and negatives)."""
+    if type(seq) is np.ndarray and seq.ndim == 1 and seq.dtype.kind == "i" and seq.size:
+        # Fast path for the common case (a corpus hands out int arrays): one reduction, no copies.
+        if allow_negative or seq.min() >= 0:
+            return seq.astype(np.int64, copy=False)
     must = "be a 1-D sequence of integer" + (" token ids >= 0" if not allow_negative else "s")
     if isinstance(seq, (str, bytes, Mapping)) or isinstance(seq, numbers.Number):
         raise fail(name, seq, must)
