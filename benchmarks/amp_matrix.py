@@ -34,7 +34,7 @@ import torch
 from padlab import amp
 from padlab.models import EncoderConfig, EncoderForSequenceClassification
 
-DEFAULT_TASKS = ("wordnet-topic", "wordnet-length", "wordnet-chars-raw")
+DEFAULT_TASKS = ("wordnet-topic", "wordnet-length", "wordnet-length-raw", "wordnet-length-offset")
 
 
 def _clean(v):
@@ -118,6 +118,35 @@ def time_policy(config: EncoderConfig, batch: dict, policy: str, dev: torch.devi
             "peak_memory_bytes": peak, "param_bytes": params, "timed_steps": iters}
 
 
+def run_cells(cells: list[tuple[int, str]], policies: list[str], checks: dict, *, steps: int, batch_size: int,
+              n_eval: int, quick: bool, device: str, threads: int | None = None) -> list[dict]:
+    """Train rows for each (seed, task) cell under every runnable policy (one worker's share)."""
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    config = EncoderConfig.tiny() if quick else EncoderConfig.small()
+    rows = []
+    for seed, t in cells:
+        task = amp.make_task(t, n_train=steps * batch_size, n_eval=n_eval, batch_size=batch_size, seed=seed)
+        for q in policies:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", amp.PolicyWarning)
+                row = amp.run_experiment(task, q, steps=steps, device=dev, seed=seed, config=config)
+            row["kind_of_row"] = "train"
+            row["pointless_here"] = checks[q].pointless
+            if seed > 0:  # per-step curves of the first seed are enough for the plots; keep the file small
+                for key in ("loss", "scale", "underflow", "underflow_unscaled", "grad_norm"):
+                    row[key] = None
+            rows.append(row)
+            metric = (f"acc {row['accuracy']:.3f}" if task.kind == "classification"
+                      else f"mae {row['mae']:.3f} exact {row['exact_fraction']:.3f}")
+            print(f"seed {seed} {t:<22} {q:<10} {metric}  loss {row['final_loss_mean10']:.4g}  "
+                  f"skipped {len(row['skipped_steps'])}  steps {row['steps_run']}  "
+                  f"underflow {row['underflow_unscaled_mean']:.2e}  {row['train_seconds']:.1f}s",
+                  file=sys.stderr, flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="where to write the JSON")
@@ -125,20 +154,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated names from padlab.amp.TASKS")
     p.add_argument("--policies", default=",".join(amp.POLICIES))
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default 400; quick 12)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default 400; quick 8)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per task and policy (default 3; quick 1)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--n-eval", type=int, default=None, help="eval texts per task (default 2048; quick 128)")
     p.add_argument("--no-speed", action="store_true", help="skip the speed and memory rows")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes for the train rows (default 3 on a GPU, 1 on CPU)")
     args = p.parse_args(argv)
 
     dev = torch.device("cuda" if (args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()))
                        else "cpu")
     if dev.type == "cpu":
         torch.set_num_threads(min(2, torch.get_num_threads()))
-    steps = args.steps or (12 if args.quick else 400)
+    steps = args.steps or (8 if args.quick else 400)
     seeds = args.seeds or (1 if args.quick else 3)
-    n_eval = args.n_eval or (128 if args.quick else 2048)
+    n_eval = args.n_eval or (64 if args.quick else 2048)
     batch_size = 16 if args.quick else args.batch_size
     config = EncoderConfig.tiny() if args.quick else EncoderConfig.small()
     tasks = [t for t in args.tasks.split(",") if t]
@@ -157,24 +187,27 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"kind_of_row": "unrunnable", "policy": q, "reason": checks[q].reason})
             print(f"skip {q}: {checks[q].reason}", file=sys.stderr)
 
-    for seed in range(seeds):
-        for t in tasks:
-            task = amp.make_task(t, n_train=steps * batch_size, n_eval=n_eval, batch_size=batch_size, seed=seed)
-            for q in runnable:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", amp.PolicyWarning)
-                    row = amp.run_experiment(task, q, steps=steps, device=dev, seed=seed, config=config)
-                row["kind_of_row"] = "train"
-                if seed > 0:  # per-step curves of the first seed are enough for the plots; keep the file small
-                    for key in ("loss", "scale", "underflow", "underflow_unscaled", "grad_norm"):
-                        row[key] = None
-                row["pointless_here"] = checks[q].pointless
-                rows.append(row)
-                metric = (f"acc {row['accuracy']:.3f}" if task.kind == "classification"
-                          else f"mae {row['mae']:.3f} exact {row['exact_fraction']:.3f}")
-                print(f"seed {seed} {t:<20} {q:<10} {metric}  loss {row['final_loss_mean10']:.4g}  "
-                      f"skipped {len(row['skipped_steps'])}  underflow {row['underflow_unscaled_mean']:.2e}  "
-                      f"{row['train_seconds']:.1f}s", file=sys.stderr, flush=True)
+    from padlab.data import load_corpus
+
+    load_corpus("wordnet")  # tokenise once here, so that workers find the disk cache
+    cells = [(seed, t) for seed in range(seeds) for t in tasks]
+    jobs = max(1, min(args.jobs or (3 if dev.type == "cuda" else 1), len(cells)))
+    kw = dict(steps=steps, batch_size=batch_size, n_eval=n_eval, quick=args.quick, device=str(dev))
+    if jobs == 1:
+        rows += run_cells(cells, runnable, checks, **kw)
+    else:
+        # The small encoder's step is bound by the host (kernel launches, Python), not the GPU:
+        # a few processes sharing one GPU finish the matrix several times sooner. Step times of
+        # train rows are then shared-GPU times; the speed rows below run alone.
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(jobs) as pool:
+            parts = [pool.apply_async(run_cells, (cells[i::jobs], runnable, checks), dict(kw, threads=2))
+                     for i in range(jobs)]
+            for part in parts:
+                rows += part.get()
+    order = {(s_, t): i for i, (s_, t) in enumerate(cells)}
+    rows.sort(key=lambda r: (order.get((r.get("seed"), r.get("task")), -1), policies.index(r["policy"])))
 
     if not args.no_speed:
         speed_cfgs = ([("tiny", EncoderConfig.tiny(), 16, 64)] if args.quick else
@@ -202,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                    "policies": policies, "model": {"hidden": config.hidden, "layers": config.layers,
                                                    "heads": config.heads, "ffn": config.ffn},
                    "optimizer": "AdamW lr 1e-3, weight decay 0.01, eps 1e-8 (padlab.amp.default_optimizer)",
+                   "lr_schedule": "linear: 5% warm-up, then decay to zero", "jobs": jobs,
                    "task_descriptions": {t: amp.TASKS[t].description for t in tasks},
                    "policy_checks": {q: vars(checks[q]) for q in policies}},
         "seconds": round(time.perf_counter() - t_start, 1),

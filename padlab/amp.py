@@ -52,7 +52,7 @@ from ._validate import check_choice, check_float, check_int, fail
 __all__ = [
     "POLICIES", "Policy", "PolicyCheck", "PolicyWarning", "Prepared", "StepRecord", "TrainRun", "OpDtype",
     "get_policy", "check_policy", "prepare", "tf32_mode", "autocast_context", "default_loss", "default_optimizer",
-    "TASKS", "TaskSpec", "Task", "make_task", "run_experiment", "load_matrix", "summarize_matrix", "speed_table",
+    "TASKS", "TaskSpec", "Task", "make_task", "run_experiment", "LR_SCHEDULES", "load_matrix", "summarize_matrix", "speed_table",
     "train_step", "train", "evaluate", "grad_underflow_fraction", "gradient_values", "autocast_dtypes",
     "FP16_FLUSH_THRESHOLD",
 ]
@@ -530,22 +530,46 @@ def _cycle(loader: Iterable[Any]) -> Iterator[Any]:
         epoch += 1
 
 
+LR_SCHEDULES = ("constant", "linear")
+
+
+def _schedule(optimizer: torch.optim.Optimizer, name: str, steps: int) -> "torch.optim.lr_scheduler.LRScheduler | None":
+    if name == "constant":
+        return None
+    warmup = max(1, steps // 20)
+
+    def factor(i: int) -> float:
+        # Linear warm-up over the first 5% of steps, then linear decay to zero at the last step.
+        if i < warmup:
+            return (i + 1) / warmup
+        return max(0.0, (steps - i) / max(1, steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def train(model: nn.Module, loader: Iterable[Mapping[str, Any]], policy: "str | Policy", steps: int,
           device: "str | torch.device", *,
           optimizer_factory: "Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None" = None,
           loss_fn: Callable[[nn.Module, Mapping[str, Any]], Tensor] = default_loss,
           max_grad_norm: float | None = None, measure_every: int = 1, progress: bool = True,
+          lr_schedule: str = "constant", stop_after_nonfinite: int | None = None,
           prepared: Prepared | None = None) -> TrainRun:
     """Train a copy of ``model`` for ``steps`` steps under ``policy``; one :class:`StepRecord` per step.
 
     The copy comes from :func:`prepare` (``model`` itself is not changed) unless ``prepared``
-    is given, which is then trained in place (``model``, ``policy`` and ``device`` must match it).
+    is given, which is then trained in place (``policy`` and ``device`` must match it).
     ``loader`` is iterated again (a new epoch, ``set_epoch`` called where it exists) when it
     runs out. Statistics are measured every ``measure_every`` steps (others have
-    ``measured=False``). ``progress`` shows a tqdm bar (keep it out of compared notebook output).
+    ``measured=False``). ``lr_schedule``: ``"constant"`` or ``"linear"`` (5% warm-up, then
+    linear decay to zero). ``stop_after_nonfinite=k`` ends a run without a GradScaler after
+    ``k`` measured steps in a row with a non-finite loss (it has diverged and can only stay
+    NaN); the run is then shorter than ``steps``. ``progress`` shows a tqdm bar (keep it out of
+    compared notebook output).
     """
     steps = check_int("steps", steps, min_value=1)
     measure_every = check_int("measure_every", measure_every, min_value=1)
+    stop_after_nonfinite = check_int("stop_after_nonfinite", stop_after_nonfinite, min_value=1, allow_none=True)
+    check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
     if not isinstance(progress, bool):
         raise fail("progress", progress, "be True or False")
     policy = get_policy(policy)
@@ -558,16 +582,28 @@ def train(model: nn.Module, loader: Iterable[Mapping[str, Any]], policy: "str | 
     run = TrainRun()
     run.model, run.optimizer, run.scaler = prepared.model, prepared.optimizer, prepared.scaler
     run.policy, run.device = policy, prepared.device
+    scheduler = _schedule(prepared.optimizer, lr_schedule, steps)
     batches = _cycle(loader)
+    bad_in_a_row = 0
     with tqdm(total=steps, desc=policy.name, disable=not progress, leave=False) as bar:
         for i in range(steps):
             rec = train_step(prepared.model, next(batches), prepared.optimizer, policy, prepared.scaler, loss_fn,
                              max_grad_norm=max_grad_norm, measure=(i % measure_every == 0 or i == steps - 1),
                              step=i)
             run.append(rec)
+            if scheduler is not None:
+                with warnings.catch_warnings():
+                    # A step the GradScaler skipped did not call optimizer.step(); the schedule
+                    # still advances (as in torch's AMP recipe), which is what this warning is about.
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                    scheduler.step()
             bar.update(1)
             if rec.measured and progress:
                 bar.set_postfix(loss=f"{rec.loss:.3g}", refresh=False)
+            if rec.measured and stop_after_nonfinite and prepared.scaler is None:
+                bad_in_a_row = bad_in_a_row + 1 if not math.isfinite(rec.loss) else 0
+                if bad_in_a_row >= stop_after_nonfinite:
+                    break
     return run
 
 
@@ -763,16 +799,21 @@ class TaskSpec:
     standardize: bool    # regression targets z-scored with the training set's mean and std
     unit: str
     description: str
+    offset: float = 0.0  # added to the raw target (a value far from zero, as a year or a price is)
 
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in (
     TaskSpec("wordnet-topic", "classification", "wordnet", "label", False, "accuracy",
              "classify each WordNet gloss into its lexicographer file (45 classes: noun.animal, verb.motion, ...)"),
     TaskSpec("wordnet-length", "regression", "wordnet", "tokens", True, "tokens",
-             "regress each gloss's exact token count, z-scored as usual; the model must count its "
-             "attended tokens, a small difference between large averages"),
+             "regress each gloss's exact token count (7 to 172), z-scored as usual: the model counts the "
+             "tokens it attends to, an exact integer it can learn to within half a token"),
     TaskSpec("wordnet-length-raw", "regression", "wordnet", "tokens", False, "tokens",
-             "the same token counts as raw numbers (head bias starts at the mean): the output itself carries them"),
+             "the same exact token counts as raw numbers (the head's bias starts at their mean, about 21): "
+             "the output itself must carry values near 21 to within half a token"),
+    TaskSpec("wordnet-length-offset", "regression", "wordnet", "tokens", False, "tokens",
+             "the same counts plus 1024, a target far from zero as a year or a price is: fp16 spaces its "
+             "numbers 1 apart there, bf16 8 apart, fp32 1/8192 apart", offset=1024.0),
     TaskSpec("wordnet-chars", "regression", "wordnet", "chars", True, "characters",
              "regress each gloss's character count (13 to 505), z-scored"),
     TaskSpec("wordnet-chars-raw", "regression", "wordnet", "chars", False, "characters",
@@ -810,7 +851,8 @@ def make_task(name: str, *, n_train: int = 4096, n_eval: int = 1024, batch_size:
     each cut into dynamically padded batches of ``batch_size`` with
     :class:`padlab.padding.PaddingCollator`. Regression targets are exact counts of each text
     (tokens, with ``[CLS]``/``[SEP]``, or characters); standardized tasks z-score them with the
-    training set's mean and std (undo with ``y * target_std + target_mean``).
+    training set's mean and std (undo with ``y * target_std + target_mean``); the others keep
+    the raw count (plus the task's ``offset``) and start the head's bias at its training mean.
     """
     from .data import load_corpus
     from .padding import PaddingCollator
@@ -830,7 +872,7 @@ def make_task(name: str, *, n_train: int = 4096, n_eval: int = 1024, batch_size:
     else:
         raw = (corpus.lengths[idx] if spec.target == "tokens"
                else np.fromiter((len(corpus.texts[i]) for i in idx), dtype=np.int64, count=len(idx)))
-        raw = raw.astype(np.float64)
+        raw = raw.astype(np.float64) + spec.offset
         m, s = float(raw[:n_train].mean()), float(raw[:n_train].std())
         if spec.standardize:
             mean, std, bias = m, s, None
@@ -859,12 +901,15 @@ def _on(batches: list[dict[str, Any]], device: torch.device) -> list[dict[str, A
 def run_experiment(task: Task, policy: "str | Policy", *, steps: int, device: "str | torch.device",
                    seed: int = 0, config: Any = None,
                    optimizer_factory: "Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None" = None,
-                   progress: bool = False, measure_every: int = 1) -> dict[str, Any]:
+                   lr_schedule: str = "linear", progress: bool = False, measure_every: int = 1) -> dict[str, Any]:
     """Train a freshly initialised encoder (seeded) on ``task`` under ``policy`` and score it.
 
     ``config`` is an :class:`padlab.models.EncoderConfig` (default ``EncoderConfig.small()``);
     its ``num_labels`` is set from the task. The same ``seed`` gives the same initial weights
-    and batches under every policy. Returns one JSON-ready row: the eval metrics, final loss,
+    and batches under every policy. The learning rate warms up and decays linearly to zero
+    (``lr_schedule``), so the final weights do not depend on where a noisy constant-rate run
+    happened to stop; a run without a GradScaler that has diverged (10 non-finite losses in a
+    row) stops early. Returns one JSON-ready row: the eval metrics, final loss,
     per-step ``loss``, ``scale`` and ``underflow`` curves, skipped and non-finite steps, wall
     time and (on CUDA) the peak memory allocated.
     """
@@ -889,7 +934,7 @@ def run_experiment(task: Task, policy: "str | Policy", *, steps: int, device: "s
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
     run = train(model, train_b, policy, steps, dev, optimizer_factory=optimizer_factory,
-                progress=progress, measure_every=measure_every)
+                progress=progress, measure_every=measure_every, lr_schedule=lr_schedule, stop_after_nonfinite=10)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
@@ -900,7 +945,8 @@ def run_experiment(task: Task, policy: "str | Policy", *, steps: int, device: "s
     nonfinite = [r.step for r in measured if not r.finite]
     return {
         "task": task.name, "kind": task.kind, "unit": task.spec.unit, "policy": policy.name, "seed": seed,
-        "steps": steps, "batch_size": int(task.train[0]["input_ids"].shape[0]),
+        "steps": steps, "steps_run": len(run), "lr_schedule": lr_schedule,
+        "batch_size": int(task.train[0]["input_ids"].shape[0]),
         "hidden": config.hidden, "layers": config.layers,
         **{k: (float(v) if isinstance(v, float) else v) for k, v in metrics.items()},
         "final_loss": measured[-1].loss,
