@@ -209,6 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     order = {(s_, t): i for i, (s_, t) in enumerate(cells)}
     rows.sort(key=lambda r: (order.get((r.get("seed"), r.get("task")), -1), policies.index(r["policy"])))
 
+    # Which ops autocast runs in which dtype on this device (CPU and CUDA keep their own op lists).
+    probe = amp.make_task(tasks[0], n_train=batch_size, n_eval=1, batch_size=batch_size, seed=0)
+    torch.manual_seed(0)
+    probe_model = EncoderForSequenceClassification(config.replace(num_labels=probe.num_labels), task=probe.kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", amp.PolicyWarning)
+        table = amp.autocast_table(probe_model, probe.train[0], [q for q in runnable if amp.get_policy(q).half],
+                                   dev)
+    rows.append({"kind_of_row": "autocast", "task": probe.name, "ops": table})
+
     if not args.no_speed:
         speed_cfgs = ([("tiny", EncoderConfig.tiny(), 16, 64)] if args.quick else
                       [("small", EncoderConfig.small(), 64, 128), ("bert-base", EncoderConfig.bert_base(), 32, 128)])

@@ -53,7 +53,7 @@ __all__ = [
     "POLICIES", "Policy", "PolicyCheck", "PolicyWarning", "Prepared", "StepRecord", "TrainRun", "OpDtype",
     "get_policy", "check_policy", "prepare", "tf32_mode", "autocast_context", "default_loss", "default_optimizer",
     "TASKS", "TaskSpec", "Task", "make_task", "run_experiment", "LR_SCHEDULES", "load_matrix", "summarize_matrix", "speed_table",
-    "train_step", "train", "evaluate", "grad_underflow_fraction", "gradient_values", "autocast_dtypes",
+    "train_step", "train", "evaluate", "grad_underflow_fraction", "gradient_values", "autocast_dtypes", "autocast_table",
     "FP16_FLUSH_THRESHOLD",
 ]
 
@@ -784,6 +784,31 @@ def autocast_dtypes(model: nn.Module, batch: Mapping[str, Any], policy: "str | P
         for h in handles:
             h.remove()
     return out
+
+
+def autocast_table(model: nn.Module, batch: Mapping[str, Any], policies: Iterable[str],
+                   device: "str | torch.device", *, first_layer_only: bool = True) -> dict[str, dict[str, str]]:
+    """:func:`autocast_dtypes` for several policies, as ``{"op (module)": {policy: "in -> out"}}``.
+
+    One entry per (module, op) in the order of the forward pass (the first call of each: a
+    residual ``add`` appears once per layer). ``first_layer_only`` keeps layer 0 of a stack
+    of identical layers (modules under ``.layers.<n>`` with ``n > 0`` are left out).
+    """
+    import re
+
+    table: dict[str, dict[str, str]] = {}
+    for pol in policies:
+        seen = set()
+        for o in autocast_dtypes(model, batch, pol, device):
+            m = re.search(r"\.layers\.(\d+)", o.module)
+            if first_layer_only and m and m.group(1) != "0":
+                continue
+            key = f"{o.op} ({o.module})"
+            if key in seen:
+                continue
+            seen.add(key)
+            table.setdefault(key, {})[get_policy(pol).name] = f"{o.input_dtype} -> {o.output_dtype}"
+    return table
 
 
 # ----------------------------------------------------------------------------- the seed's claims: tasks

@@ -367,6 +367,20 @@ def test_autocast_dtypes_under_bf16_and_fp32():
     assert next(model.parameters()).dtype == torch.float32
 
 
+def test_autocast_table_one_entry_per_module_and_op():
+    cfg = EncoderConfig.tiny(vocab_size=VOCAB, hidden=16, heads=2, ffn=32, layers=2, num_labels=3)
+    torch.manual_seed(0)
+    model = EncoderForSequenceClassification(cfg)
+    table = amp.autocast_table(model, _batch(), ["fp32", "bf16-amp"], "cpu")
+    assert not any(".layers.1" in k for k in table)              # layer 1 repeats layer 0
+    assert table["linear (encoder.layers.0.qkv)"] == {"fp32": "float32 -> float32", "bf16-amp": "float32 -> bfloat16"}
+    # the residual stream: float32 + bfloat16 promotes to float32
+    assert table["add (encoder.layers.0)"]["bf16-amp"] == "float32+bfloat16 -> float32"
+    assert list(table)[0] == "embedding (encoder.tok_emb)" and list(table)[-1] == "cross_entropy (model)"
+    full = amp.autocast_table(model, _batch(), ["fp32"], "cpu", first_layer_only=False)
+    assert "linear (encoder.layers.1.qkv)" in full
+
+
 def test_gradient_values_leave_grads_alone():
     model = _model()
     g = amp.gradient_values(model, _batch())
