@@ -40,9 +40,9 @@ epoch by itself). Options are fixed at construction: build a new sampler to chan
 Speed: without noise, each example is one uint64 word ``[random | position | length]``;
 one SIMD sort of the words shuffles them, a second one (per pool, after rotating the
 length to the top) sorts the pools, and no step gathers at random. 10 million lengths
-take well under a second (``benchmarks/bench_batching.py``). The sampler keeps two such
-words per example between epochs (16 bytes each). With noise, a general path sorts
-packed ``(noisy length, position)`` keys instead.
+take well under a second (``benchmarks/bench_batching.py``). The sampler keeps two
+uint64 per example between epochs (16 bytes per example), besides the current epoch's
+batches. With noise, a general path sorts packed ``(noisy length, position)`` keys instead.
 """
 from __future__ import annotations
 
@@ -227,6 +227,7 @@ class _LengthGroupedSampler(Sampler):
         self._compact = self.lengths.astype(np.uint16 if top < 2**16 else np.uint32 if top < 2**32 else np.int64)
         self._words: np.ndarray | None = None  # built on first use by the packed path
         self._scratch: np.ndarray | None = None
+        self._spare: np.ndarray | None = None
 
     # Subclasses define the pools and how a sorted pool is cut into batches.
     def _pools(self, perm_lengths: np.ndarray) -> tuple[int | None, np.ndarray | None]:
@@ -273,6 +274,7 @@ class _LengthGroupedSampler(Sampler):
             block_order = np.concatenate([block_order[top:top + 1], np.delete(block_order, top)])
         plan = blocks[block_order].ravel()
         batches = self._materialise(order, starts, plan)
+        self._spare = None  # this epoch's key buffer is either handed out or recycled by now
         covered = np.zeros(sizes.size, dtype=bool)
         covered[plan] = True
         dropped = self.lengths.size - int(sizes[covered].sum())
@@ -353,6 +355,7 @@ class _LengthGroupedSampler(Sampler):
                 key[a:b].sort()
         sorted_lengths = (key >> np.uint64(64 - lbits)).astype(np.int64) if self._needs_sorted_lengths() else None
         key &= np.uint64((1 << ibits) - 1)
+        self._spare = key  # may become the next epoch's scratch (see _materialise)
         order = key.view(np.int64)
         if self._candidates is not None:
             order = self._candidates[order]
@@ -381,10 +384,25 @@ class _LengthGroupedSampler(Sampler):
     def _materialise(self, order: np.ndarray, starts: np.ndarray, plan: np.ndarray) -> list[np.ndarray]:
         sizes = np.diff(starts)
         if sizes.size and (sizes[:-1] == sizes[0]).all():
-            # Equal batches (the bucket case): one view per row, no copy (a fresh copy of
-            # the whole order would cost more in page faults than it saves).
             bs, nfull = int(sizes[0]), sizes.size - 1 + int(sizes[-1] == sizes[0])
-            views = list(order[:nfull * bs].reshape(nfull, bs))
+            rows = order[:nfull * bs].reshape(nfull, bs)
+            in_rows = plan < nfull
+            k = int(in_rows.sum())
+            if self._spare is not None and k * bs <= self._scratch.size:
+                # Equal batches (the bucket case) on the packed path: gather the rows in step
+                # order into the scratch buffer, which is handed out, and keep this epoch's key
+                # buffer as the next scratch. Views then come in memory order, and no fresh
+                # buffer (page faults) is needed.
+                out = np.take(rows, plan[in_rows], axis=0, out=self._scratch.view(np.int64)[:k * bs].reshape(k, bs))
+                out.setflags(write=False)
+                self._scratch = self._spare
+                batches = list(out)
+                short = order[nfull * bs:].copy()  # a copy: the key buffer is recycled
+                short.setflags(write=False)
+                for p in np.flatnonzero(~in_rows).tolist():  # the short batch (repeated, if padded)
+                    batches.insert(p, short)
+                return batches
+            views = list(rows)
             if nfull < sizes.size:
                 views.append(order[nfull * bs:])
             return [views[i] for i in plan.tolist()]  # a loop over batches

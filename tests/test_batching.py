@@ -498,6 +498,19 @@ def test_caller_data_is_never_touched():
         s.epoch_batches()[0][0] = 99
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(num_replicas=3, rank=1), dict(drop_last=True), dict(noise=0.2)])
+def test_batches_of_an_old_epoch_stay_intact(kw):
+    # Buffers are recycled between epochs; batches already handed out must never change.
+    lengths = np.random.default_rng(0).integers(1, 50, 1003)
+    s = BucketBatchSampler(lengths, 8, **kw)
+    first = s.epoch_batches(0)
+    saved = as_lists(first)
+    for epoch in range(1, 5):
+        s.epoch_batches(epoch)
+    assert as_lists(first) == saved
+    assert as_lists(BucketBatchSampler(lengths, 8, **kw).epoch_batches(0)) == saved
+
+
 def test_iteration_yields_python_int_lists():
     batch = next(iter(TokenBudgetBatchSampler(np.array([3, 2, 1], dtype=np.int32), 9, seed=1)))
     assert isinstance(batch, list) and all(type(i) is int for i in batch)
