@@ -8,7 +8,6 @@ A negative control shows what an unequal step count does: the extra collective t
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from datetime import timedelta
