@@ -77,6 +77,43 @@ def loader_vs_gpu(best_row, mc, cfg, workers=(0, 4)):
     return out
 
 
+def save(out: str, result: dict, name: str = "bench_extra.json") -> None:
+    with open(os.path.join(out, name), "w") as fh:
+        json.dump(result, fh, indent=1)
+
+
+def part_tune(out: str, quick: bool) -> None:
+    """The best recipe, compiled, at 1x and 4x the token budget: how MFU grows with step size."""
+    kw = dict(model="tiny", timed_steps=5, capacity=128) if quick else {}
+    cap = kw.get("capacity", 512)
+    result = {"command": "python benchmarks/gpu_reference.py --part tune", "rows": []}
+    mc = None
+    for budget in ((8 * cap, 32 * cap) if quick else (32 * cap, 128 * cap)):
+        cfg = BenchConfig(strategies=("packed-varlen",), precisions=("bf16-amp",), budget=budget,
+                          compile=("packed-varlen/bf16-amp",), progress=False, **kw)
+        t0 = time.perf_counter()
+        r = run_benchmark(cfg, command=f"tune budget={budget}")
+        row = r["rows"][0]
+        row["budget"] = budget
+        row["compile_and_cold_s"] = time.perf_counter() - t0
+        for k in ("device", "torch", "date", "matmul_peak_tflops"):
+            result[k] = r[k]
+        result["rows"].append(row)
+        log(format_table(r))
+        if mc is None:
+            mc = mask_corpus(load_corpus(cfg.corpus), cfg.mlm_prob, cfg.capacity, cfg.seed)
+        row["loader"] = loader_vs_gpu(row, mc, cfg)
+        log("loader", json.dumps(row["loader"]))
+        save(out, result, "bench_tune.json")
+        mcfg = bench.model_config(cfg.model, bench._vocab(), cfg.capacity)
+        torch.manual_seed(cfg.seed)
+        from padlab.models import EncoderForMaskedLM
+        init = {k: v.detach().clone() for k, v in EncoderForMaskedLM(mcfg).state_dict().items()}
+        row["profile"] = profile_best(cfg, mc, mcfg, init, bench.resolve_device("auto"), out, n=6,
+                                      name=f"profile_budget{budget}.txt")
+        save(out, result, "bench_tune.json")
+
+
 def part_extra(out: str, quick: bool) -> None:
     kw = dict(model="tiny", timed_steps=5, budget=8 * 128, capacity=128) if quick else {}
     result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU",
@@ -87,6 +124,7 @@ def part_extra(out: str, quick: bool) -> None:
     seq = run_benchmark(cfg, command="python benchmarks/gpu_reference.py --part extra (work=sequences)")
     log(format_table(seq))
     result["sequences"] = seq
+    save(out, result)
     # 2. The anomaly: dynamic shapes under bf16, which SDPA backend, and the fixes.
     rows = []
     choices = ((), ("efficient",), ("flash", "efficient")) if torch.cuda.is_available() else ((),)
@@ -97,6 +135,7 @@ def part_extra(out: str, quick: bool) -> None:
         log(format_table(r))
         rows.extend(r["rows"])
     result["anomaly"] = rows
+    save(out, result)
     # 3. Loss curves: best recipe against the baseline, 200 steps each, per example seen.
     steps = 10 if quick else 200
     cfgl = BenchConfig(progress=False, **kw)
@@ -115,6 +154,7 @@ def part_extra(out: str, quick: bool) -> None:
         log(f"loss curve {s}/{p}: {steps} steps in {c['wall_s']:.1f} s, final loss {c['loss'][-1]:.3f}, "
             f"examples seen {c['examples_seen'][-1]}")
     result["loss_curves"] = curves
+    save(out, result)
     # 4. transformers' recipe on the same model and data.
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from peers import peer_rows
@@ -125,13 +165,14 @@ def part_extra(out: str, quick: bool) -> None:
                                                              "mfu", "collate_batches_per_s", "batches_per_s")}))
     except ImportError as e:
         result["peers"] = f"transformers not available: {e}"
+    save(out, result)
     # 5. Where the best recipe's time goes.
     result["profile"] = profile_best(cfgl, mc, mcfg, init, dev, out)
-    with open(os.path.join(out, "bench_extra.json"), "w") as fh:
-        json.dump(result, fh, indent=1)
+    save(out, result)
 
 
-def profile_best(cfg, mc, mcfg, init, dev, out, strategy="packed-varlen", precision="bf16-amp", n=8):
+def profile_best(cfg, mc, mcfg, init, dev, out, strategy="packed-varlen", precision="bf16-amp", n=8,
+                 name="profile_best.txt"):
     """torch.profiler over ``n`` steps of the best recipe: GPU time by kernel family."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -155,7 +196,7 @@ def profile_best(cfg, mc, mcfg, init, dev, out, strategy="packed-varlen", precis
     attr = "device_time_total" if dev.type == "cuda" else "cpu_time_total"
     events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
     table = prof.key_averages().table(sort_by="cuda_time_total" if dev.type == "cuda" else "cpu_time_total", row_limit=40)
-    with open(os.path.join(out, "profile_best.txt"), "w") as fh:
+    with open(os.path.join(out, name), "w") as fh:
         fh.write(table)
     families = {"gemm (matmul)": ("gemm", "sm90", "cutlass", "cublas", "nvjet", "matmul", "xmma"),
                 "attention (flash varlen)": ("flash", "fmha", "attention"),
@@ -191,12 +232,12 @@ def profile_best(cfg, mc, mcfg, init, dev, out, strategy="packed-varlen", precis
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=("matrix", "extra"), required=True)
+    ap.add_argument("--part", choices=("matrix", "extra", "tune"), required=True)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
-    {"matrix": part_matrix, "extra": part_extra}[a.part](a.out, a.quick)
+    {"matrix": part_matrix, "extra": part_extra, "tune": part_tune}[a.part](a.out, a.quick)
 
 
 if __name__ == "__main__":

@@ -49,8 +49,11 @@ def peer_rows(cfg, mc, mcfg, init, dev):
     peak = bench.matmul_peak_tflops(dev) if dev.type == "cuda" else 0.0
 
     # (a) length-grouped sampler + MLM padding collator
-    order = list(LengthGroupedSampler(batch_size=bs, lengths=lens.tolist(),
-                                      generator=torch.Generator().manual_seed(cfg.seed)))
+    order, epoch = [], 0
+    while len(order) < bs * n_steps:  # one epoch may hold fewer than n_steps batches: go on to the next
+        order += list(LengthGroupedSampler(batch_size=bs, lengths=lens.tolist(),
+                                           generator=torch.Generator().manual_seed(cfg.seed + epoch)))
+        epoch += 1
     batches = [order[i:i + bs] for i in range(0, bs * n_steps, bs)]
     coll = DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=cfg.mlm_prob, return_tensors="pt")
     orig = mc.corpus
@@ -70,7 +73,8 @@ def peer_rows(cfg, mc, mcfg, init, dev):
 
     # (b) flattening collator (padding-free) on random batches of about the same token count
     per = max(1, int(cfg.budget / float(np.mean(lens))))
-    perm = np.random.default_rng(cfg.seed).permutation(len(lens))
+    reps = -(-per * n_steps // len(lens))
+    perm = np.concatenate([np.random.default_rng((cfg.seed, e)).permutation(len(lens)) for e in range(reps)])
     batches = [perm[i:i + per] for i in range(0, per * n_steps, per)]
     flat = DataCollatorWithFlattening(return_position_ids=True)
     t0 = time.perf_counter()
