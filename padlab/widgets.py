@@ -19,15 +19,6 @@ from .data import CORPORA, load_corpus
 from .strategies import waste_table
 
 
-def _show(out: W.Output, fig) -> None:
-    """Replace ``out``'s content with ``fig`` and free it (widgets redraw often)."""
-    out.clear_output(wait=True)
-    with out:
-        display(fig)
-    plt.close(fig)
-
-# --- chapters 01-02: fixed and dynamic padding -----------------------------------------------
-
 def _show_png(image: W.Image, fig) -> None:
     """Draw ``fig`` into an Image widget and free it.
 
