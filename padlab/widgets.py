@@ -36,6 +36,8 @@ MAX_LENGTH_GRID = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448,
 BATCH_SIZE_GRID = (8, 16, 32, 64, 128, 256, 512)
 
 
+# --- chapters 01-02: fixed and dynamic padding -----------------------------------------------
+
 def _fixed_readout(corpus: str, max_length: int, report) -> str:
     kept, cut = report.real_tokens, report.truncated_tokens
     return (f"{corpus}, max_length {max_length}: efficiency {report.efficiency:.1%} "
