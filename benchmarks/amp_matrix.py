@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         q in amp.POLICIES or p.error(f"unknown policy {q!r}; choose from {', '.join(amp.POLICIES)}")
 
     t_start = time.perf_counter()
+    given = list(sys.argv[1:] if argv is None else argv)
     checks = {q: amp.check_policy(q, dev) for q in policies}
     runnable = [q for q in policies if checks[q].runnable]
     rows: list[dict] = []
@@ -240,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         "device": _device_info(dev),
         "torch": torch.__version__,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "python benchmarks/amp_matrix.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        # The --out folder is the machine's business (often a temporary path): keep the file name only.
+        "command": "python benchmarks/amp_matrix.py " + " ".join(
+            Path(a).name if i and given[i - 1] == "--out" else a for i, a in enumerate(given)),
         "config": {"steps": steps, "seeds": seeds, "batch_size": batch_size, "n_eval": n_eval, "tasks": tasks,
                    "policies": policies, "model": {"hidden": config.hidden, "layers": config.layers,
                                                    "heads": config.heads, "ffn": config.ffn},
