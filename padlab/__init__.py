@@ -2,3 +2,7 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+#: The canonical address of the repository (the notebooks' Colab badges and install cells use it;
+#: tests/test_colab.py checks they all agree with it).
+REPO_URL = "https://github.com/padlab/padlab"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
@@ -35,6 +37,13 @@ def _show_png(image: W.Image, fig) -> None:
 MAX_LENGTH_GRID = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512)
 BATCH_SIZE_GRID = (8, 16, 32, 64, 128, 256, 512)
 
+#: What each widget's readout says for given control values, by widget function name:
+#: ``READOUTS[name](controls, **options) -> str``. ``controls`` maps every control's ``description``
+#: to its value (numbers as ``int``/``float``, choices as the label the page shows); ``options`` are
+#: the widget function's keyword-only arguments. Each widget fills its readout through its entry,
+#: and the browser test recomputes the entry from the values it reads off the page.
+READOUTS: dict[str, Callable[..., str]] = {}
+
 
 # --- chapters 01-02: fixed and dynamic padding -----------------------------------------------
 
@@ -49,6 +58,23 @@ def _dynamic_readout(corpus: str, batch_size: int, max_length: int, fixed, dynam
     return (f"{corpus}, batch size {batch_size}: dynamic padding efficiency {dynamic.efficiency:.1%} "
             f"against {fixed.efficiency:.1%} for fixed padding to {max_length}; "
             f"{fixed.computed_tokens / dynamic.computed_tokens:.2f}x fewer computed tokens")
+
+
+def _fixed_padding_text(controls: Mapping[str, Any], *, batch_size: int = 32) -> str:
+    corpus, max_length = controls["corpus"], controls["max_length"]
+    (report,) = waste_table(load_corpus(corpus).lengths, ("fixed",), batch_size=batch_size, max_length=max_length)
+    return _fixed_readout(corpus, max_length, report)
+
+
+def _dynamic_padding_text(controls: Mapping[str, Any], *, max_length: int = 512) -> str:
+    corpus, batch_size = controls["corpus"], controls["batch size"]
+    fixed, dynamic = waste_table(load_corpus(corpus).lengths, ("fixed", "dynamic"),
+                                 batch_size=batch_size, max_length=max_length)
+    return _dynamic_readout(corpus, batch_size, max_length, fixed, dynamic)
+
+
+READOUTS["fixed_padding_widget"] = _fixed_padding_text
+READOUTS["dynamic_padding_widget"] = _dynamic_padding_text
 
 
 @functools.lru_cache(maxsize=8)
@@ -89,9 +115,8 @@ def fixed_padding_widget(corpus: str = "fortunes", max_length: int = 128, *, bat
     out = W.Image(format="png")
 
     def update(_=None) -> None:
-        (report,) = waste_table(load_corpus(pick.value).lengths, ("fixed",), batch_size=batch_size,
-                                max_length=slider.value)
-        readout.value = _fixed_readout(pick.value, slider.value, report)
+        readout.value = _fixed_padding_text({"corpus": pick.value, "max_length": slider.value},
+                                            batch_size=batch_size)
         grid, wasted, truncated = _fixed_curve(pick.value, batch_size)
         _show_png(out, viz.waste_vs_max_length(grid, wasted, truncated, corpus=pick.value, current=slider.value))
 
@@ -115,9 +140,8 @@ def dynamic_padding_widget(corpus: str = "fortunes", batch_size: int = 32, *, ma
     out = W.Image(format="png")
 
     def update(_=None) -> None:
-        fixed, dynamic = waste_table(load_corpus(pick.value).lengths, ("fixed", "dynamic"),
-                                     batch_size=slider.value, max_length=max_length)
-        readout.value = _dynamic_readout(pick.value, slider.value, max_length, fixed, dynamic)
+        readout.value = _dynamic_padding_text({"corpus": pick.value, "batch size": slider.value},
+                                              max_length=max_length)
         _show_png(out, viz.waste_vs_batch_size(BATCH_SIZE_GRID, _batch_curve(pick.value, max_length),
                                            corpus=pick.value, current=slider.value))
 
