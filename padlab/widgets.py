@@ -13,11 +13,13 @@ from typing import Any
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
+import numpy as np
 from IPython.display import display
 
 from . import viz
 from ._validate import check_choice, check_int, fail
 from .data import CORPORA, load_corpus
+from .packing import ALGORITHMS, pack
 from .strategies import waste_table
 
 
@@ -153,6 +155,79 @@ def dynamic_padding_widget(corpus: str = "fortunes", batch_size: int = 32, *, ma
 # --- chapter 03: bucketing --------------------------------------------------------------------
 
 # --- chapter 04: packing ----------------------------------------------------------------------
+
+#: The capacity slider's range (tokens per packed row).
+CAPACITY_RANGE = (64, 1024, 64)
+#: The sequences-per-pack limits offered (``None``: no limit).
+MAX_PER_PACK_CHOICES = (None, 2, 3, 4, 8, 16)
+#: Which packs the picture shows.
+PACKS_SHOWN = ("first", "spread", "last")
+
+
+def _packing_readout(corpus: str, capacity: int, algorithm: str, max_per_pack: int | None, result,
+                     real_tokens: int) -> str:
+    limit = "" if max_per_pack is None else f", at most {max_per_pack} per pack"
+    n = result.indices.size
+    cut = result.truncated_tokens
+    return (f"{corpus}, capacity {capacity}, {algorithm}{limit}: {result.n_packs:,} packs for {n:,} texts "
+            f"({n / result.n_packs:.1f} per pack), efficiency {result.efficiency:.2%}; "
+            f"{cut:,} tokens truncated ({cut / real_tokens:.2%} of real tokens)")
+
+
+def _shown_packs(n_packs: int, n: int, which: str) -> list[int]:
+    if which == "first":
+        return list(range(min(n, n_packs)))
+    if which == "last":
+        return list(range(max(n_packs - n, 0), n_packs))
+    # Evenly spread from the first pack (the longest sequences) to the last (the shortest).
+    return sorted(set(np.linspace(0, n_packs - 1, min(n, n_packs)).round().astype(int).tolist()))
+
+
+def packing_widget(corpus: str = "wordnet", capacity: int = 512, algorithm: str = "spfhp", *,
+                   max_per_pack: int | None = None, shown: str = "spread", n_packs: int = 12) -> W.VBox:
+    """Packing: capacity slider, algorithm, sequences-per-pack limit, corpus and which packs to draw.
+
+    The readout (packs, efficiency, truncated tokens) comes from :func:`padlab.packing.pack` with
+    ``truncate=True`` over the whole corpus; the picture is :func:`padlab.viz.pack_bars` of
+    ``n_packs`` of its packs (the first, the last, or spread evenly over all).
+    """
+    check_choice("corpus", corpus, CORPORA)
+    lo, hi, step = CAPACITY_RANGE
+    capacity = check_int("capacity", capacity, min_value=lo)
+    if capacity > hi or capacity % step:
+        raise fail("capacity", capacity, f"be a multiple of {step} from {lo} to {hi} (the slider's range)")
+    check_choice("algorithm", algorithm, ALGORITHMS)
+    check_choice("max_per_pack", max_per_pack, MAX_PER_PACK_CHOICES)
+    check_choice("shown", shown, PACKS_SHOWN)
+    n_packs = check_int("n_packs", n_packs, min_value=1)
+    pick = W.Dropdown(options=list(CORPORA), value=corpus, description="corpus")
+    slider = W.IntSlider(value=capacity, min=lo, max=hi, step=step, description="capacity",
+                         continuous_update=False)
+    alg = W.ToggleButtons(options=list(ALGORITHMS), value=algorithm, description="algorithm")
+    limit = W.Dropdown(options=[("none", None)] + [(str(k), k) for k in MAX_PER_PACK_CHOICES[1:]],
+                       value=max_per_pack, description="max per pack")
+    which = W.Dropdown(options=list(PACKS_SHOWN), value=shown, description="packs shown")
+    readout = W.HTML()
+    readout.add_class("padlab-readout")
+    out = W.Image(format="png")
+
+    def update(_=None) -> None:
+        lengths = load_corpus(pick.value).lengths
+        result = pack(lengths, slider.value, algorithm=alg.value, max_per_pack=limit.value, truncate=True)
+        readout.value = _packing_readout(pick.value, slider.value, alg.value, limit.value, result,
+                                         int(lengths.sum()))
+        chosen = _shown_packs(result.n_packs, n_packs, which.value)
+        packs = result.packs
+        _show_png(out, viz.pack_bars([result.lengths[packs[p]] for p in chosen], slider.value,
+                                     pack_names=[f"pack {p:,}" for p in chosen],
+                                     title=f"{pick.value}: {len(chosen)} of {result.n_packs:,} packs "
+                                           f"({which.value}), {alg.value}, capacity {slider.value}"))
+
+    for control in (pick, slider, alg, limit, which):
+        control.observe(update, names="value")
+    update()
+    return W.VBox([W.HBox([pick, slider, limit]), W.HBox([alg, which]), readout, out])
+
 
 # --- chapter 05: float formats ----------------------------------------------------------------
 
