@@ -75,6 +75,7 @@ class BenchConfig:
     seed: int = 0
     compile: tuple[str, ...] = ()            # "strategy/precision" rows to torch.compile
     sdpa_backends: tuple[str, ...] = ()      # restrict SDPA to these backends ("" = PyTorch's choice)
+    varlen_max: str = "batch"                # flash varlen max length: the batch's, rounded up to 64, or "capacity"
     device: str = "auto"
     progress: bool = True
 
@@ -82,6 +83,7 @@ class BenchConfig:
         check_choice("corpus", self.corpus, ("wordnet", "fortunes"))
         check_choice("model", self.model, ("bert-base", "small", "tiny"))
         check_choice("work", self.work, WORK)
+        check_choice("varlen_max", self.varlen_max, ("batch", "capacity"))
         for s in self.strategies:
             check_choice("strategies", s, STRATEGIES)
         for p in self.precisions:
@@ -239,7 +241,10 @@ def collate_step(strategy: str, mc: MaskedCorpus, step: Any, cfg: BenchConfig, m
         else:
             keep = b["attention_mask"].reshape(-1).bool()
             inputs = {"input_ids": b["input_ids"].reshape(-1)[keep], "position_ids": b["position_ids"].reshape(-1)[keep],
-                      "cu_seqlens": b["cu_seqlens"], "max_seqlen": cap}
+                      "cu_seqlens": b["cu_seqlens"],
+                      # The kernel's grid follows max_seqlen: the capacity launches empty blocks for
+                      # short sequences; the batch's own (rounded, to bound recompiles) does not.
+                      "max_seqlen": cap if cfg.varlen_max == "capacity" else min(cap, -(-int(b["max_seqlen"]) // 64) * 64)}
             labels = b["labels"].reshape(-1)[keep]
         slots = int(b["input_ids"].numel()) if strategy == "packed" else int(keep.sum())
     else:
