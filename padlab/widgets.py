@@ -7,8 +7,12 @@ padlab functions the tests check, so a browser test can compare the page with pa
 from __future__ import annotations
 
 import functools
+import html
 import io
+import math
+import numbers
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any
 
 import ipywidgets as W
@@ -19,6 +23,7 @@ from IPython.display import display
 from . import viz
 from ._validate import check_choice, check_int, fail
 from .data import CORPORA, load_corpus
+from .floats import FORMATS, FloatBits, FloatFormat, decompose, decompose_many, from_bits, get_format
 from .packing import ALGORITHMS, pack
 from .strategies import waste_table
 
@@ -230,5 +235,169 @@ def packing_widget(corpus: str = "wordnet", capacity: int = 512, algorithm: str 
 
 
 # --- chapter 05: float formats ----------------------------------------------------------------
+
+def _html_bits(fb: FloatBits) -> str:
+    """The bit string as three coloured spans: sign, exponent, mantissa."""
+    parts = ((fb.bits[0], "sign"), (fb.exponent_bits, "exponent"), (fb.mantissa_bits, "mantissa"))
+    return " ".join(f'<span style="color:{viz.FIELD_COLOURS[f][0]};font-family:monospace;font-weight:bold">'
+                    f"{b}</span>" for b, f in parts if b)
+
+
+def _exact_text(x: float) -> "str | None":
+    """``x`` as text that :func:`padlab.floats.decompose` reads back exactly: ``repr`` where that is
+    exact, else the full decimal expansion (None where that runs past 60 characters)."""
+    if math.isnan(x) or Decimal(repr(x)) == Decimal(x):
+        return repr(x)
+    exact = str(Decimal(x))
+    return exact if len(exact) <= 60 else None
+
+
+def _exact(x: float) -> str:
+    """`` (exactly ...)`` where ``repr`` rounds ``x``'s decimal expansion and the expansion is short."""
+    exact = _exact_text(x)
+    return f" (exactly {exact})" if exact is not None and exact != repr(x) else ""
+
+
+def float_toy_state(value: str, fmt: str) -> FloatBits:
+    """What the Float Toy shows for the text ``value`` in ``fmt``: :func:`padlab.floats.decompose`,
+    or for a bit pattern typed as ``"0x..."`` (how the toy writes a NaN's bits) that pattern itself."""
+    text = str(value).strip()
+    if text[:2].lower() == "0x":
+        (fb,) = decompose_many(np.array([from_bits(text, fmt)]), fmt)
+        return fb
+    return decompose(text, fmt)
+
+
+def _float_toy_text(controls: Mapping[str, Any]) -> str:
+    """The toy's readout for its controls ``{"format": name, "value": text}``."""
+    fmt, text = controls["format"], str(controls["value"])
+    try:
+        fb = float_toy_state(text, fmt)
+    except ValueError as err:
+        return f'<span style="color:#c44e52">{html.escape(str(err))}</span>'
+    head = f"<b>{fb.format}</b> {_html_bits(fb)} = {fb.hex} ({fb.kind})"
+    if fb.kind in ("normal", "subnormal"):
+        lead = "1" if fb.kind == "normal" else "0"
+        formula = (f"{'-' if fb.sign else '+'}2^{fb.exponent} &times; {lead}.{fb.mantissa_bits}b "
+                   f"(biased exponent {fb.biased_exponent}, significand {fb.significand!r})")
+    else:
+        formula = {"zero": "a zero: exponent and mantissa all zeros",
+                   "inf": "infinity: exponent all ones, mantissa zero",
+                   "nan": "not a number"}[fb.kind]
+    lines = [head]
+    if text.strip()[:2].lower() == "0x" and int(text.strip()[2:], 16) != int(fb.hex, 16):
+        # Only NaNs get here: a cast keeps them NaN with their sign, but sets the quiet bit and may
+        # drop payload bits (bf16 keeps none), so the toy shows the pattern the format really holds.
+        lines.append(f"pattern {html.escape(text)} is a NaN that a conversion does not keep bit for bit "
+                     f"(it sets the quiet bit, the top mantissa bit, and may drop payload bits): stored as {fb.hex}")
+    return "<br>".join(lines + [
+        f"value {html.escape(text)} &rarr; stored {fb.rounded!r}{_exact(fb.rounded)}",
+        formula,
+        f"absolute error {fb.abs_error:.3g}, relative error {fb.relative_error:.3g}; "
+        f"spacing here (ULP) {fb.ulp:.3g}",
+        f"neighbours: next down {fb.next_down!r}, next up {fb.next_up!r}",
+    ])
+
+
+READOUTS["float_toy_widget"] = _float_toy_text
+
+
+def _bit_tooltip(fmt: FloatFormat, i: int) -> str:
+    e = fmt.exponent_bits
+    if i == 0:
+        return "sign bit"
+    if i <= e:
+        return f"exponent bit (2^{e - i} of the biased exponent)"
+    return f"mantissa bit (2^-{i - e})"
+
+
+def float_toy_widget(value: "str | float" = "0.1", fmt: str = "fp16") -> W.VBox:
+    """A Float Toy: type a value or click bits, in any format of :data:`padlab.floats.FORMATS`.
+
+    Controls: ``format`` (dropdown), ``value`` (text: a number such as ``0.1``, ``-2.5e-3``,
+    ``inf``, or a bit pattern ``0x...``), ``next down`` / ``next up`` buttons, and one button per
+    bit (its description is the bit; click to flip it). The readout (CSS class
+    ``padlab-readout``) gives the coloured fields, the stored value, the error, the ULP and the
+    neighbours, all from :func:`padlab.floats.decompose`; the picture is :func:`padlab.viz.float_bits`.
+    """
+    fmt = get_format(fmt).name
+    if isinstance(value, bool) or not isinstance(value, (str, numbers.Real)):
+        raise fail("value", value, "be a number or a numeric string")
+    text = value if isinstance(value, str) else repr(float(value))
+    first = float_toy_state(text, fmt)          # bad values fail here, before any widget exists
+    pick = W.Dropdown(options=list(FORMATS), value=fmt, description="format")
+    box = W.Text(value=text, description="value", continuous_update=False)
+    down = W.Button(description="next down", tooltip="the next smaller value this format can store")
+    up = W.Button(description="next up", tooltip="the next larger value this format can store")
+    bits = W.Box(layout=W.Layout(display="flex", flex_flow="row wrap"))
+    readout = W.HTML()
+    readout.add_class("padlab-readout")
+    image = W.Image(format="png")
+    state = {"fb": first, "quiet": False}
+
+    def make_buttons(f: FloatFormat) -> None:
+        buttons = []
+        for i in range(f.total_bits):
+            b = W.Button(description="0", tooltip=_bit_tooltip(f, i),
+                         layout=W.Layout(width="28px", padding="0px", margin="1px"))
+            b.on_click(functools.partial(flip, i))
+            buttons.append(b)
+        bits.children = buttons
+
+    def show(fb: FloatBits) -> None:
+        state["fb"] = fb
+        f = get_format(fb.format)
+        if len(bits.children) != f.total_bits:
+            make_buttons(f)
+        fields = ["sign"] + ["exponent"] * f.exponent_bits + ["mantissa"] * f.mantissa_bits
+        for b, digit, field in zip(bits.children, fb.bits, fields):
+            b.description = digit
+            b.style.button_color = viz.FIELD_COLOURS[field][0 if digit == "1" else 1]
+            b.style.text_color = "white" if digit == "1" else "#333333"
+        # Strictly between: no step past inf, from NaN, or where the format has nothing beyond max.
+        down.disabled = not fb.next_down < fb.rounded
+        up.disabled = not fb.next_up > fb.rounded
+        readout.value = _float_toy_text({"format": fb.format, "value": box.value})
+        _show_png(image, viz.float_bits(fb))
+
+    def set_value(fb: FloatBits) -> None:
+        """Show ``fb`` and write its stored value into the text box, exactly (else, and for a NaN, its bits)."""
+        state["quiet"] = True
+        try:
+            box.value = (None if fb.kind == "nan" else _exact_text(fb.rounded)) or fb.hex
+        finally:
+            state["quiet"] = False
+        show(fb)
+
+    def from_text(_=None) -> None:
+        if state["quiet"]:
+            return
+        try:
+            fb = float_toy_state(box.value, pick.value)
+        except ValueError:          # the readout says why; bits and picture keep the last good value
+            readout.value = _float_toy_text({"format": pick.value, "value": box.value})
+            return
+        show(fb)
+
+    def step(direction: str, _button=None) -> None:
+        fb = state["fb"]
+        target = fb.next_up if direction == "up" else fb.next_down
+        (new,) = decompose_many(np.array([target]), fb.format)
+        set_value(new)
+
+    def flip(i: int, _button=None) -> None:
+        fb = state["fb"]
+        n = len(fb.bits)
+        pattern = int(fb.bits, 2) ^ (1 << (n - 1 - i))
+        (new,) = decompose_many(np.array([from_bits(pattern, fb.format)]), fb.format)
+        set_value(new)
+
+    box.observe(from_text, names="value")
+    pick.observe(from_text, names="value")
+    down.on_click(functools.partial(step, "down"))
+    up.on_click(functools.partial(step, "up"))
+    show(first)
+    return W.VBox([W.HBox([pick, box, down, up]), bits, readout, image])
+
 
 # --- chapter 07: benchmark --------------------------------------------------------------------
