@@ -423,6 +423,58 @@ def test_run_experiment_row():
     assert len(row["loss"]) == 2 and row["scale"] is None and row["skipped_steps"] == []
 
 
+def test_linear_schedule_and_early_stop():
+    run = amp.train(_model(), [_batch(0)], "fp32", 20, "cpu", progress=False, lr_schedule="linear")
+    # warm-up: 1 step (20 // 20), then linear decay to zero after the last step
+    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", amp.PolicyWarning)
+        bad = amp.train(_model(), [_batch(0)], "fp16-pure", 50, "cpu", progress=False, stop_after_nonfinite=2)
+    assert len(bad) < 50 and all(math.isnan(r.loss) for r in bad[-2:])
+    # a GradScaler run is never stopped: its non-finite steps are skipped, not fatal
+    assert len(amp.train(_model(), [_batch(0)], "fp32", 5, "cpu", progress=False, stop_after_nonfinite=1)) == 5
+
+
+def _train_row(task, kind, policy, seed, value, loss=1.0, skipped=(), exact=None):
+    metric = "accuracy" if kind == "classification" else "mae"
+    row = {"kind_of_row": "train", "task": task, "kind": kind, "unit": "u", "policy": policy, "seed": seed,
+           metric: value, "final_loss": loss, "skipped_steps": list(skipped), "underflow_mean": 0.25,
+           "underflow_unscaled_mean": 0.5}
+    if exact is not None:
+        row["exact_fraction"] = exact
+    return row
+
+
+def test_summarize_matrix_by_hand():
+    result = {"rows": [
+        _train_row("c", "classification", "fp32", 0, 0.5), _train_row("c", "classification", "fp32", 1, 0.7),
+        _train_row("r", "regression", "fp16-pure", 0, math.inf, loss=math.nan, exact=0.0),
+        _train_row("r", "regression", "fp16-pure", 1, 2.0, skipped=(3, 4), exact=0.5),
+        {"kind_of_row": "speed", "model": "m", "policy": "fp32", "step_ms_median": 2.0, "peak_memory_bytes": 4,
+         "batch_size": 1, "length": 1},
+    ]}
+    c, r = amp.summarize_matrix(result)
+    assert (c["task"], c["metric"], c["seeds"], c["diverged"]) == ("c", "accuracy", 2, 0)
+    assert c["mean"] == pytest.approx(0.6) and c["std"] == pytest.approx(0.1) and c["values"] == [0.5, 0.7]
+    assert (r["metric"], r["diverged"], r["mean"], r["std"], r["exact"], r["skipped"]) == ("mae", 1, 2.0, 0.0, 0.5, 1.0)
+    assert r["underflow"] == 0.25 and r["underflow_unscaled"] == 0.5
+
+
+def test_speed_table_and_load_matrix(tmp_path):
+    rows = [{"kind_of_row": "speed", "model": "m", "policy": p, "step_ms_median": ms, "peak_memory_bytes": mem,
+             "batch_size": 2, "length": 8} for p, ms, mem in (("fp32", 4.0, 2**21), ("bf16-amp", 2.0, 2**20))]
+    path = tmp_path / "m.json"
+    import json
+    path.write_text(json.dumps({"rows": rows + [{"kind_of_row": "train", "x": "nan", "y": ["inf", "-inf"]}]}))
+    loaded = amp.load_matrix(path)
+    assert math.isnan(loaded["rows"][2]["x"]) and loaded["rows"][2]["y"] == [math.inf, -math.inf]
+    fp32, bf16 = amp.speed_table(loaded)
+    assert (fp32["time_vs_fp32"], fp32["peak_mib"], fp32["memory_vs_fp32"]) == (1.0, 2.0, 1.0)
+    assert (bf16["step_ms"], bf16["time_vs_fp32"], bf16["peak_mib"], bf16["memory_vs_fp32"]) == (2.0, 0.5, 1.0, 0.5)
+    with pytest.raises(ValueError, match=r"path must name an existing amp_matrix JSON file; got '.*nope.json'"):
+        amp.load_matrix(tmp_path / "nope.json")
+
+
 # ----------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("call,match", [
@@ -441,6 +493,8 @@ def test_run_experiment_row():
     (lambda: amp.make_task("wordnet-topic", n_train=200_000), r"n_train must plus n_eval=1024 be at most"),
     (lambda: amp.evaluate(_model(), [_batch()], "fp32", task="ranking"), r"task must be one of .*; got 'ranking'"),
     (lambda: amp.gradient_values(_model(), _batch(), which="weights"), r"which must be one of .*; got 'weights'"),
+    (lambda: amp.train(_model(), [_batch()], "fp32", 2, "cpu", lr_schedule="cosine"),
+     r"lr_schedule must be one of 'constant', 'linear'; got 'cosine'"),
 ])
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
