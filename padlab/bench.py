@@ -597,3 +597,147 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{name:<17}{r['precision']:<10}{r['real_tokens_per_s']:>12,.0f}{r['cold_real_tokens_per_s']:>12,.0f}"
                      f"{r['padded_fraction']:>8.1%}{mem:>9}{r['model_tflops']:>9.1f}{mfu:>7}{sp:>9}{r['loss']:>8.3f}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- reading results
+
+#: The shipped reference results (``data/benchmarks/``), by what they hold.
+SHIPPED = {"tokens": "bench_h100_tokens.json", "extra": "bench_h100_extra.json",
+           "tune": "bench_h100_tune.json", "sdpa_probe": "h100_sdpa_probe.json"}
+
+
+def load_result(path: Any) -> dict[str, Any]:
+    """Read a benchmark JSON file (a ``padlab bench`` result or one of the reference files).
+
+    ``path`` may also be a key of :data:`SHIPPED` (``"tokens"``, ``"extra"``, ``"tune"``,
+    ``"sdpa_probe"``): the shipped H100 file of that name.
+    """
+    from pathlib import Path
+
+    from .data import data_dir
+
+    if isinstance(path, str) and path in SHIPPED:
+        path = data_dir() / "benchmarks" / SHIPPED[path]
+    p = Path(path)
+    if not p.is_file():
+        raise fail("path", str(path), f"name an existing benchmark JSON file or one of {tuple(SHIPPED)}")
+    data = json.loads(p.read_text())
+    if not isinstance(data, dict) or "device" not in data:
+        raise fail("path", str(path), "hold a JSON object with a 'device' key")
+    return data
+
+
+def result_for_work(work: str) -> dict[str, Any]:
+    """The shipped H100 ``padlab bench`` result in equal-``work`` mode (``"tokens"`` or ``"sequences"``)."""
+    check_choice("work", work, WORK)
+    return load_result("tokens") if work == "tokens" else load_result("extra")["sequences"]
+
+
+def _rows(result_or_rows: Any) -> list[dict[str, Any]]:
+    rows = result_or_rows.get("rows") if isinstance(result_or_rows, dict) else result_or_rows
+    if not isinstance(rows, (list, tuple)) or not all(isinstance(r, dict) for r in rows):
+        raise fail("result", result_or_rows, "be a benchmark result with 'rows' or a list of row dicts")
+    return list(rows)
+
+
+def rows_where(result_or_rows: Any, **equal: Any) -> list[dict[str, Any]]:
+    """The rows whose keys equal the given values (``compiled=False`` also matches rows without the key)."""
+    out = []
+    for r in _rows(result_or_rows):
+        if all(r.get(k, False if k == "compiled" else None) == v for k, v in equal.items()):
+            out.append(r)
+    return out
+
+
+def best_row(result_or_rows: Any, *, precision: str | None = None, compiled: bool | None = None) -> dict[str, Any] | None:
+    """The row with the most real tokens per second (of ``precision`` / ``compiled`` if given); ``None`` if none."""
+    if precision is not None:
+        check_choice("precision", precision, PRECISIONS)
+    if compiled is not None and not isinstance(compiled, bool):
+        raise fail("compiled", compiled, "be True, False or None")
+    rows = [r for r in _rows(result_or_rows)
+            if (precision is None or r["precision"] == precision)
+            and (compiled is None or bool(r.get("compiled")) == compiled)]
+    return max(rows, key=lambda r: r["real_tokens_per_s"]) if rows else None
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """``strategy/precision``, with ``*`` for a compiled row."""
+    return f"{row['strategy']}{'*' if row.get('compiled') else ''}/{row['precision']}"
+
+
+def speedups(result_or_rows: Any, *, precision: str | None = None) -> dict[str, float]:
+    """Real tokens per second of each row over the uncompiled ``fixed``/``fp32`` row, best first.
+
+    Keys are :func:`row_label`; ``precision`` keeps only that policy's rows (the baseline is
+    always fixed/fp32).
+    """
+    rows = _rows(result_or_rows)
+    base = rows_where(rows, strategy="fixed", precision="fp32", compiled=False)
+    if not base:
+        raise fail("result", "rows without fixed/fp32", "hold an uncompiled fixed/fp32 row (the baseline)")
+    if precision is not None:
+        check_choice("precision", precision, PRECISIONS)
+    b = base[0]["real_tokens_per_s"]
+    chosen = [r for r in rows if precision is None or r["precision"] == precision]
+    chosen.sort(key=lambda r: -r["real_tokens_per_s"])
+    return {row_label(r): r["real_tokens_per_s"] / b for r in chosen}
+
+
+def curve_seconds(curve: dict[str, Any]) -> np.ndarray:
+    """Wall-clock seconds at the end of each step of a loss curve (its ``wall_s`` spread evenly)."""
+    n = len(curve.get("loss", ()))
+    if n == 0 or not isinstance(curve.get("wall_s"), (int, float)) or curve["wall_s"] <= 0:
+        raise fail("curve", {k: curve.get(k) for k in ("strategy", "wall_s")}, "have a non-empty 'loss' and wall_s > 0")
+    return curve["wall_s"] * np.arange(1, n + 1) / n
+
+
+def loss_at(curve: dict[str, Any], *, examples: int | None = None, seconds: float | None = None,
+            window: int = 10) -> float:
+    """Mean loss over the ``window`` steps up to the first step that reached ``examples`` examples
+    seen or ``seconds`` of wall-clock time (the curve's last step if it never did)."""
+    if (examples is None) == (seconds is None):
+        raise fail("examples", examples, "be given, or seconds, but not both")
+    window = check_int("window", window, min_value=1)
+    loss = np.asarray(curve["loss"], dtype=np.float64)
+    x = np.asarray(curve["examples_seen"]) if examples is not None else curve_seconds(curve)
+    at = examples if examples is not None else seconds
+    if not at > 0:
+        raise fail("examples" if examples is not None else "seconds", at, "be > 0")
+    i = min(int(np.searchsorted(x, at)), len(loss) - 1)
+    return float(loss[max(0, i - window + 1):i + 1].mean())
+
+
+def padded_widths(strategy: str, cfg: BenchConfig, n_steps: int | None = None) -> np.ndarray:
+    """The padded width (tokens per row) of each of the first ``n_steps`` steps of a padding strategy.
+
+    Each distinct width is a new tensor shape: kernels that plan per shape (cuDNN attention)
+    pay that planning once per width.
+    """
+    check_choice("strategy", strategy, ("fixed", "dynamic", "dynamic-multiple", "bucketed", "token-budget"))
+    n_steps = check_int("n_steps", n_steps if n_steps is not None else cfg.timed_steps, min_value=1)
+    corpus = load_corpus(cfg.corpus)
+    lens = np.minimum(corpus.lengths, cfg.capacity)
+    # Only the lengths matter for the plan: no masks drawn.
+    mc = MaskedCorpus(corpus, corpus.token_ids, corpus.token_ids, lens)
+    widths = []
+    for step in plan_batches(strategy, mc, cfg, n_steps):
+        w = cfg.capacity if strategy == "fixed" else int(lens[step].max())
+        if strategy == "dynamic-multiple":
+            w = min(cfg.capacity, -(-w // cfg.multiple) * cfg.multiple)
+        widths.append(w)
+    return np.array(widths, dtype=np.int64)
+
+
+def flop_shares(model: str, seq_lengths: Any, masked_tokens: int, capacity: int = 512) -> dict[str, float]:
+    """Shares of :func:`padlab.models.model_flops` (real work) for one step of ``seq_lengths``:
+    ``"attention"`` (``12 x layers x hidden x sum(len^2)``), ``"mlm head"`` and ``"body matmuls"``."""
+    from .models import parameter_counts
+
+    check_choice("model", model, ("bert-base", "small", "tiny"))
+    mcfg = model_config(model, _vocab(), capacity)
+    lens = np.asarray(seq_lengths, dtype=np.int64)
+    total = model_flops(mcfg, int(lens.sum()), masked_tokens, lens)
+    attn = 12 * mcfg.layers * mcfg.hidden * int((lens ** 2).sum())
+    head = 6 * parameter_counts(mcfg)["mlm_head"] * masked_tokens
+    return {"attention": attn / total, "mlm head": head / total, "body matmuls": (total - attn - head) / total}

@@ -814,3 +814,147 @@ def bench_summary(result: dict) -> Figure:
         axes[2].set_xlabel("peak memory (GiB)")
     axes[2].set_title("Peak memory per row")
     return fig
+
+
+def speedup_bars(speedups: dict[str, float], *, title: str = "", highlight: str | None = None) -> Figure:
+    """Horizontal bars of speed-ups over a baseline (``{label: ratio}``, drawn in the given order)."""
+    if not speedups:
+        raise fail("speedups", speedups, "hold at least one label: ratio")
+    labels = list(speedups)
+    vals = np.array([float(speedups[k]) for k in labels])
+    if not np.all(np.isfinite(vals)) or np.any(vals <= 0):
+        raise fail("speedups", speedups, "hold finite ratios > 0")
+    fig, ax = _new(figsize=(7, 0.35 * len(labels) + 1.2))
+    colours = [_PRECISION_COLOURS.get(k.rsplit("/", 1)[-1], "#888888") for k in labels]
+    y = np.arange(len(labels))[::-1]
+    bars = ax.barh(y, vals, color=colours, edgecolor=["black" if k == highlight else "none" for k in labels])
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="#555555", lw=0.8, ls="--")
+    for b, v in zip(bars, vals):
+        ax.text(b.get_width() * 1.04, b.get_y() + b.get_height() / 2, f"{v:.1f}x", va="center", fontsize=7)
+    ax.set_xlim(min(0.8, vals.min() * 0.8), vals.max() * 2.2)
+    ax.set_xlabel("real tokens/s relative to fixed/fp32 (log scale)")
+    ax.set_title(title or "Speed-up over fixed padding in fp32")
+    return fig
+
+
+def loss_curves_per_example(curves: dict[str, dict[str, object]], *, title: str = "") -> Figure:
+    """Two panels: training loss against examples seen and against wall-clock seconds.
+
+    ``curves`` maps a label to ``{"examples_seen": [...], "seconds": [...], "loss": [...]}``.
+    """
+    if not curves:
+        raise fail("curves", curves, "hold at least one curve")
+    fig, axes = _new(figsize=(11, 3.6), ncols=2)
+    for i, (label, c) in enumerate(curves.items()):
+        loss = np.asarray(c["loss"], dtype=float)
+        for ax, key in zip(axes, ("examples_seen", "seconds")):
+            x = np.asarray(c[key], dtype=float)
+            if x.shape != loss.shape:
+                raise fail(f"curves[{label!r}][{key!r}]", c[key], f"have one value per loss ({loss.size})")
+            ax.plot(x, loss, lw=1.2, label=label, color=SEQUENCE_COLOURS[i % len(SEQUENCE_COLOURS)])
+    for ax, xl, t in zip(axes, ("examples seen (log scale)", "wall-clock seconds"),
+                         ("Per example seen", "Per second of training")):
+        ax.set_xlabel(xl)
+        ax.set_ylabel("training loss (MLM)")
+        ax.set_title(t, fontsize=10)
+        ax.legend(fontsize=8)
+    axes[0].set_xscale("log")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def anomaly_cold_warm(rows: list[dict]) -> Figure:
+    """Cold (first pass, every shape new) against warm real tokens/s for benchmark rows.
+
+    Each row needs ``cold_real_tokens_per_s`` and ``real_tokens_per_s``; its bar label is
+    ``row["label"]`` if given, else strategy / precision (and SDPA backends when restricted).
+    """
+    if not rows:
+        raise fail("rows", rows, "hold at least one benchmark row")
+    labels = []
+    for r in rows:
+        if "label" in r:
+            labels.append(str(r["label"]))
+        else:
+            be = r.get("sdpa_backends", "default")
+            labels.append(f"{r['strategy']}\n{r['precision']}" + ("" if be == "default" else f"\n[{'+'.join(be)}]"))
+    cold = np.array([r["cold_real_tokens_per_s"] for r in rows], dtype=float) / 1e3
+    warm = np.array([r["real_tokens_per_s"] for r in rows], dtype=float) / 1e3
+    fig, ax = _new(figsize=(max(6.0, 1.1 * len(rows) + 1), 3.8))
+    x = np.arange(len(rows))
+    for off, vals, name, colour in ((-0.2, cold, "cold: first pass, new shapes", "#9ecae1"),
+                                    (0.2, warm, "warm: same shapes again", "#3182bd")):
+        bars = ax.bar(x + off, vals, 0.4, label=name, color=colour)
+        for b, v in zip(bars, vals):
+            ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.1f}k", ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylabel("real tokens/s (thousands)")
+    ax.set_title("Cold against warm throughput, 32 sequences a step")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def profile_families(fractions: dict[str, float], *, flop_shares: dict[str, float] | None = None,
+                     title: str = "") -> Figure:
+    """Share of GPU kernel time per kernel family; optionally the share of model FLOPs next to it."""
+    if not fractions:
+        raise fail("fractions", fractions, "hold at least one family: fraction")
+    names = sorted(fractions, key=lambda k: -fractions[k])
+    t = np.array([fractions[k] for k in names], dtype=float)
+    fig, ax = _new(figsize=(7.5, 0.45 * len(names) + 1.3))
+    y = np.arange(len(names))[::-1]
+    h = 0.4 if flop_shares else 0.7
+    bars = ax.barh(y + (h / 2 if flop_shares else 0), t, h, color="#dd8452", label="share of GPU kernel time")
+    for b, v in zip(bars, t):
+        ax.text(v + 0.005, b.get_y() + b.get_height() / 2, f"{v:.1%}", va="center", fontsize=7)
+    if flop_shares:
+        f = np.array([flop_shares.get(k, 0.0) for k in names], dtype=float)
+        bars = ax.barh(y - h / 2, f, h, color="#4c72b0", label="share of model FLOPs (real work)")
+        for b, v, k in zip(bars, f, names):
+            if k in flop_shares:
+                ax.text(v + 0.005, b.get_y() + b.get_height() / 2, f"{v:.1%}", va="center", fontsize=7)
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_xlim(0, 1.0)
+    ax.set_xlabel("fraction")
+    ax.set_title(title or "Where a training step's GPU time goes")
+    return fig
+
+
+def throughput_vs_budget(rows: list[dict]) -> Figure:
+    """Two panels per token budget: real tokens/s with MFU, and GPU steps/s against loader batches/s.
+
+    Each row: ``budget``, ``real_tokens_per_s``, ``mfu`` and ``loader`` (a list of
+    ``{"workers", "batches_per_s", "gpu_batches_per_s"}``).
+    """
+    if not rows:
+        raise fail("rows", rows, "hold at least one row")
+    fig, axes = _new(figsize=(11, 3.6), ncols=2)
+    x = np.arange(len(rows))
+    labels = [f"{r['budget']:,} tokens/step" for r in rows]
+    tps = np.array([r["real_tokens_per_s"] for r in rows], dtype=float) / 1e3
+    bars = axes[0].bar(x, tps, 0.6, color="#8172b2")
+    for b, r in zip(bars, rows):
+        axes[0].text(b.get_x() + b.get_width() / 2, b.get_height(), f"MFU {r['mfu']:.1%}", ha="center",
+                     va="bottom", fontsize=8)
+    axes[0].set_xticks(x, labels, fontsize=8)
+    axes[0].set_ylabel("real tokens/s (thousands)")
+    axes[0].set_title("Best recipe (compiled packed-varlen bf16)", fontsize=10)
+    axes[0].set_ylim(0, tps.max() * 1.2)
+    series = [("GPU steps/s", [r["loader"][0]["gpu_batches_per_s"] for r in rows], "#c44e52")]
+    for w in sorted({ld["workers"] for r in rows for ld in r["loader"]}):
+        series.append((f"loader, {w} workers" if w else "loader, main process",
+                       [next((ld["batches_per_s"] for ld in r["loader"] if ld["workers"] == w), np.nan) for r in rows],
+                       "#55a868" if w else "#a1d99b"))
+    width = 0.8 / len(series)
+    for j, (name, vals, colour) in enumerate(series):
+        axes[1].bar(x + (j - (len(series) - 1) / 2) * width, vals, width, label=name, color=colour)
+    axes[1].set_xticks(x, labels, fontsize=8)
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("batches per second (log scale)")
+    axes[1].set_title("Does the data loader keep up?", fontsize=10)
+    axes[1].legend(fontsize=8)
+    return fig

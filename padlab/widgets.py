@@ -401,3 +401,54 @@ def float_toy_widget(value: "str | float" = "0.1", fmt: str = "fp16") -> W.VBox:
 
 
 # --- chapter 07: benchmark --------------------------------------------------------------------
+
+from . import bench as _bench  # noqa: E402  (chapter 07 only; kept next to its use)
+
+WORK_LABELS = {"tokens": "equal tokens (~16k slots a step)", "sequences": "equal sequences (32 a step)"}
+
+
+def _bench_text(controls: Mapping[str, Any]) -> str:
+    precision = controls["precision"]
+    work = next((k for k, v in WORK_LABELS.items() if v == controls["work"]), controls["work"])
+    result = _bench.result_for_work(work)
+    row = _bench.best_row(result, precision=precision)
+    if row is None:
+        return f"{WORK_LABELS[work]}: no {precision} rows in this run"
+    speed = _bench.speedups(result, precision=precision)[_bench.row_label(row)]
+    return (f"{WORK_LABELS[work]}, {precision}: best {_bench.row_label(row)} "
+            f"{row['real_tokens_per_s']:,.0f} real tokens/s ({speed:.1f}x fixed/fp32), "
+            f"MFU {row['mfu']:.1%}, padded {row['padded_fraction']:.1%}")
+
+
+READOUTS["bench_widget"] = _bench_text
+
+
+def bench_widget(precision: str = "bf16-amp", work: str = "tokens") -> W.VBox:
+    """The shipped H100 benchmark: pick a precision policy and the equal-work mode; the bars show
+    every strategy's speed-up over fixed/fp32 and the readout the best row's real tokens/s and MFU
+    (:func:`padlab.bench.best_row`, :func:`padlab.bench.speedups`)."""
+    check_choice("precision", precision, _bench.PRECISIONS)
+    check_choice("work", work, _bench.WORK)
+    pick = W.Dropdown(options=list(_bench.PRECISIONS), value=precision, description="precision")
+    mode = W.Dropdown(options=list(WORK_LABELS.values()), value=WORK_LABELS[work], description="work",
+                      layout=W.Layout(width="330px"))
+    readout = W.HTML()
+    readout.add_class("padlab-readout")
+    out = W.Image(format="png")
+
+    def update(_=None) -> None:
+        readout.value = _bench_text({"precision": pick.value, "work": mode.value})
+        w = next(k for k, v in WORK_LABELS.items() if v == mode.value)
+        result = _bench.result_for_work(w)
+        sp = _bench.speedups(result, precision=pick.value)
+        if sp:
+            best = _bench.row_label(_bench.best_row(result, precision=pick.value))
+            _show_png(out, viz.speedup_bars(sp, highlight=best,
+                                            title=f"{pick.value}, {WORK_LABELS[w]} ({result['device']})"))
+        else:
+            out.value = b""
+
+    pick.observe(update, names="value")
+    mode.observe(update, names="value")
+    update()
+    return W.VBox([W.HBox([pick, mode]), readout, out])
