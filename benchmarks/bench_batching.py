@@ -4,8 +4,8 @@ Prints three tables:
 
 (a) on each shipped corpus, for mega_batch in 1, 2, 5, ..., 100 and a full sort: token and
     attention efficiency of one epoch (batch size 32, max_length 512), and two measures of
-    how much batch membership still depends on length (see ``eta_squared`` and
-    ``mate_repeat``);
+    how much batch membership still depends on length (eta², from
+    ``padlab.metrics.length_eta_squared``, and ``mate_repeat``);
 (b) the time to build one epoch of batches (arrays of indices) over 10 million lengths drawn
     from the shipped fortunes length distribution (target: 2 s or less);
 (c) where transformers is installed (the ``bench`` extra), the time of its
@@ -27,25 +27,9 @@ import torch
 
 from padlab.batching import BucketBatchSampler, TokenBudgetBatchSampler
 from padlab.data import CORPORA, load_corpus
-from padlab.metrics import padded_batches, waste
+from padlab.metrics import length_eta_squared, padded_batches, waste
 
 MEGA_BATCHES = (1, 2, 5, 10, 20, 50, 100, None)
-
-
-def eta_squared(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
-    """Share of the length variance that batch membership explains (the correlation ratio).
-
-    ``SS_between / SS_total`` of lengths grouped by batch. Random batches of 32 score about
-    1/32 (a batch's mean says little about its members); a full sort scores about 1 (knowing
-    the batch is knowing the length). This is "how much batch membership depends on length".
-    """
-    order = np.concatenate(batches)
-    x = lengths[order].astype(np.float64)
-    sizes = np.array([len(b) for b in batches])
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    means = np.add.reduceat(x, starts) / sizes
-    total = ((x - x.mean()) ** 2).sum()
-    return float((sizes * (means - x.mean()) ** 2).sum() / total) if total else 0.0
 
 
 def mate_repeat(n: int, epoch0: list[np.ndarray], epoch1: list[np.ndarray]) -> float:
@@ -85,7 +69,7 @@ def table_a(batch_size: int, max_length: int, seed: int) -> None:
             shapes, truncated = padded_batches(lengths, e0, max_length=max_length)
             r = waste("bucketed", shapes, truncated)
             print(f"{name:<10}{'full' if mb is None else mb:>11}{r.batches:>9}{r.efficiency:>11.1%}"
-                  f"{r.attention_efficiency:>10.1%}{eta_squared(kept, e0):>8.3f}"
+                  f"{r.attention_efficiency:>10.1%}{length_eta_squared(kept, e0):>8.3f}"
                   f"{mate_repeat(len(kept), e0, e1):>13.4f}")
 
 

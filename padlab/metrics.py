@@ -115,6 +115,38 @@ def padded_batches(lengths: np.ndarray, batches: Sequence[np.ndarray], *, max_le
     return shapes, truncated
 
 
+def length_eta_squared(lengths, batches: Sequence[np.ndarray]) -> float:
+    """How much batch membership depends on length: the correlation ratio eta².
+
+    ``SS_between / SS_total`` of the lengths grouped by batch (``batches`` holds arrays of
+    indices into ``lengths``; an index that appears twice counts twice). 0: every batch has
+    the same mean length (membership says nothing about length); 1: every batch holds one
+    length only (knowing the batch is knowing the length). Random batches of ``b`` texts
+    score about ``1 / b``; a full sort scores close to 1. Equal lengths everywhere give 0.
+    """
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1 or lengths.size == 0 or not np.issubdtype(lengths.dtype, np.number):
+        raise fail("lengths", lengths, "be a non-empty 1-D array of numbers")
+    if isinstance(batches, (str, bytes)) or len(batches) == 0:
+        raise fail("batches", batches, "hold at least one batch of indices")
+    arrays = [np.asarray(b) for b in batches]
+    for i, b in enumerate(arrays):  # a loop over batches
+        if b.ndim != 1 or b.size == 0 or not np.issubdtype(b.dtype, np.integer):
+            raise fail(f"batches[{i}]", batches[i], "be a non-empty 1-D array of integer indices")
+    order = np.concatenate(arrays)
+    if order.min() < 0 or order.max() >= lengths.size:
+        raise fail("batches", batches, f"hold indices in [0, {lengths.size})")
+    x = lengths[order].astype(np.float64)
+    sizes = np.fromiter((b.size for b in arrays), dtype=np.int64, count=len(arrays))
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    grand = x.mean()
+    total = float(((x - grand) ** 2).sum())
+    if total == 0.0:
+        return 0.0
+    means = np.add.reduceat(x, starts) / sizes
+    return float((sizes * (means - grand) ** 2).sum() / total)
+
+
 # ---------------------------------------------------------------------------------------------
 # Memory and time of a model: parameters, optimizer state, saved activations, FLOPs, kernels
 # ---------------------------------------------------------------------------------------------
