@@ -7,12 +7,13 @@ the mechanisms live in :mod:`padlab.batching`, :mod:`padlab.packing` and
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from ._validate import check_choice, check_int, fail
-from .metrics import BatchShape, WasteReport, padded_batches, waste
+from .metrics import BatchShape, WasteReport, length_eta_squared, padded_batches, waste
 
 # Order matters: it is the order of rows in every table.
 STRATEGIES = ("fixed", "dynamic", "bucketed", "token-budget", "packed")
@@ -122,3 +123,42 @@ def waste_table(lengths: np.ndarray, strategies: tuple[str, ...] | None = None, 
                                                 seed=seed, **options)
         out.append(waste(s, shapes, truncated, block_diagonal=block))
     return out
+
+
+@dataclass(frozen=True)
+class BucketTradeoff:
+    """One bucketing setting measured on one epoch: what padding costs against how random batches are.
+
+    ``efficiency`` and ``attention_efficiency`` as in :class:`~padlab.metrics.WasteReport`;
+    ``eta_squared`` is :func:`padlab.metrics.length_eta_squared` of the (truncated) lengths:
+    the share of their variance that batch membership explains (about ``1 / batch_size`` for
+    random batches, close to 1 for a full sort). ``mega_batch`` 0 means a full sort.
+    """
+
+    mega_batch: int
+    noise: float
+    batches: int
+    efficiency: float
+    attention_efficiency: float
+    eta_squared: float
+
+
+def bucket_tradeoff(lengths: np.ndarray, *, batch_size: int = 32, max_length: int = 512, mega_batch: int | None = 50,
+                    noise: float = 0.0, seed: int = 0) -> BucketTradeoff:
+    """Efficiency and eta² of the ``"bucketed"`` strategy's epoch (the batches :func:`waste_table` measures)."""
+    from .batching import BucketBatchSampler
+
+    batch_size = check_int("batch_size", batch_size, min_value=1)
+    max_length = check_int("max_length", max_length, min_value=1)
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1 or lengths.size == 0 or not np.issubdtype(lengths.dtype, np.integer) or lengths.min() < 1:
+        raise fail("lengths", lengths, "be a non-empty 1-D array of integers >= 1")
+    kept = np.minimum(lengths, max_length)
+    sampler = BucketBatchSampler(kept, batch_size, mega_batch=mega_batch, noise=noise, seed=seed,
+                                 num_replicas=1, rank=0)
+    batches = sampler.epoch_batches(0)
+    shapes, truncated = padded_batches(lengths, batches, max_length=max_length)
+    report = waste("bucketed", shapes, truncated)
+    return BucketTradeoff(mega_batch=sampler.mega_batch, noise=sampler.noise, batches=report.batches,
+                          efficiency=report.efficiency, attention_efficiency=report.attention_efficiency,
+                          eta_squared=length_eta_squared(kept, batches))

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from padlab.data import load_corpus
 from padlab.metrics import BatchShape, length_eta_squared, padded_batches, waste
 from padlab.padding import pad_batch
-from padlab.strategies import batch_shapes, random_batches, waste_table
+from padlab.strategies import batch_shapes, bucket_tradeoff, random_batches, waste_table
 
 
 def shape(rows, width, lens):
@@ -322,3 +322,54 @@ def test_length_eta_squared_leaves_inputs_alone():
 def test_error_length_eta_squared(lengths, batches, match):
     with pytest.raises(ValueError, match=match):
         length_eta_squared(lengths, batches)
+
+
+# ---------------------------------------------------------------------------------------------
+# strategies.bucket_tradeoff(): efficiency against eta² for one bucketing setting
+# ---------------------------------------------------------------------------------------------
+
+def test_bucket_tradeoff_by_hand():
+    # A full sort of 1, 2, 3, 4 in batches of 2: [1, 2] and [3, 4] -> widths 2 and 4, 12 computed, 10 real.
+    r = bucket_tradeoff(np.array([4, 1, 3, 2]), batch_size=2, mega_batch=None)
+    assert (r.mega_batch, r.noise, r.batches) == (0, 0.0, 2)
+    assert r.efficiency == pytest.approx(10 / 12)
+    assert r.attention_efficiency == pytest.approx((1 + 4 + 9 + 16) / (2 * 4 + 2 * 16))
+    assert r.eta_squared == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("mega_batch, noise", [(1, 0.0), (5, 0.0), (50, 0.2), (None, 0.0)])
+def test_bucket_tradeoff_matches_waste_table_and_the_sampler(mega_batch, noise):
+    from padlab.batching import BucketBatchSampler
+
+    lens = load_corpus("fortunes").lengths
+    r = bucket_tradeoff(lens, batch_size=32, max_length=256, mega_batch=mega_batch, noise=noise, seed=3)
+    (w,) = waste_table(lens, ("bucketed",), batch_size=32, max_length=256, mega_batch=mega_batch, noise=noise,
+                       seed=3)
+    assert (r.efficiency, r.attention_efficiency, r.batches) == (w.efficiency, w.attention_efficiency, w.batches)
+    kept = np.minimum(lens, 256)
+    batches = BucketBatchSampler(kept, 32, mega_batch=mega_batch, noise=noise, seed=3).epoch_batches(0)
+    assert r.eta_squared == length_eta_squared(kept, batches)
+
+
+def test_bucket_tradeoff_random_to_sorted():
+    lens = load_corpus("fortunes").lengths
+    rows = [bucket_tradeoff(lens, mega_batch=m) for m in (1, 10, None)]
+    # Larger pools: more efficient, and batch membership explains more of the length.
+    assert rows[0].efficiency < rows[1].efficiency < rows[2].efficiency
+    assert rows[0].eta_squared < 0.06 < rows[1].eta_squared < rows[2].eta_squared
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(batch_size=0), r"batch_size must be an integer >= 1; got 0"),
+    (dict(max_length=0), r"max_length must be an integer >= 1; got 0"),
+    (dict(mega_batch=-1), r"mega_batch must be an integer >= 0; got -1"),
+    (dict(noise=1.0), r"noise must be in \[0, 1\); got 1.0"),
+])
+def test_error_bucket_tradeoff(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bucket_tradeoff(LENS, **kwargs)
+
+
+def test_error_bucket_tradeoff_lengths():
+    with pytest.raises(ValueError, match=r"lengths must be a non-empty 1-D array of integers >= 1"):
+        bucket_tradeoff(np.array([2, 0]))
