@@ -1022,8 +1022,9 @@ def summarize_matrix(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per (task, policy) of the train rows: the metric over seeds and what the runs did.
 
     ``metric`` is ``accuracy`` (classification) or ``mae`` (regression, in the task's unit);
-    ``values`` lists it per seed; ``mean``/``std`` are over the seeds whose value is finite and
-    ``diverged`` counts the others (NaN/inf loss or predictions). ``exact`` is the mean
+    ``values`` lists it per seed, NaN for a run that diverged (NaN final loss or non-finite
+    predictions: a NaN model's "accuracy" is an artefact of argmax); ``mean``/``std`` are over
+    the other seeds and ``diverged`` counts the diverged ones. ``exact`` is the mean
     ``exact_fraction`` (regression); ``skipped`` the mean number of skipped steps per run;
     ``underflow`` / ``underflow_unscaled`` the mean per-step underflow fractions.
     """
@@ -1038,6 +1039,7 @@ def summarize_matrix(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         vals = [float(r[metric]) for r in rs]
         bad = [not math.isfinite(v) or not math.isfinite(float(r["final_loss"])) for v, r in zip(vals, rs)]
         ok = [v for v, b in zip(vals, bad) if not b]
+        vals = [math.nan if b else v for v, b in zip(vals, bad)]
         row = {
             "task": task, "policy": policy, "kind": rs[0]["kind"], "unit": rs[0].get("unit", ""),
             "metric": metric, "values": vals, "seeds": len(rs),

@@ -593,31 +593,31 @@ _DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float
 def autocast_dtype_grid(table: dict[str, dict[str, str]], *, title: str = "") -> Figure:
     """A grid of dtypes: one row per op (``table`` keys, top to bottom), one column per policy.
 
-    ``table[op][policy]`` is the dtype the op's output had (``"float16"``, ``"float32"``, ...),
-    as :func:`padlab.amp.autocast_dtypes` measured it; a cell may say ``"a -> b"`` for input and output.
+    ``table[op][policy]`` is ``"input dtypes -> output dtype"`` as :func:`padlab.amp.autocast_table`
+    measured it (or just the output dtype); the cell's colour is the output dtype.
     """
     ops = list(table)
     policies = list(dict.fromkeys(p for row in table.values() for p in row))
-    fig, ax = _new(figsize=(1.5 + 1.45 * len(policies), 0.9 + 0.36 * len(ops)))
+    fig, ax = _new(figsize=(3.2 + 1.9 * len(policies), 1.2 + 0.34 * len(ops)))
     for i, op in enumerate(ops):
         for j, pol in enumerate(policies):
             text = table[op].get(pol, "")
             out = text.split("->")[-1].strip()
             ax.add_patch(plt.Rectangle((j, i), 1, 1, color=_DTYPE_COLOURS.get(out, "white"), ec="white", lw=2))
-            short = " -> ".join(_DTYPE_SHORT.get(t.strip(), t.strip()) for t in text.split("->"))
-            ax.text(j + 0.5, i + 0.5, short, ha="center", va="center", fontsize=8)
+            parts = [",".join(_DTYPE_SHORT.get(t, t) for t in side.strip().split("+")) for side in text.split("->")]
+            ax.text(j + 0.5, i + 0.5, " -> ".join(parts), ha="center", va="center", fontsize=7.5)
     ax.set_xlim(0, len(policies))
     ax.set_ylim(len(ops), 0)
     ax.set_xticks(np.arange(len(policies)) + 0.5, policies)
-    ax.set_yticks(np.arange(len(ops)) + 0.5, ops)
+    ax.set_yticks(np.arange(len(ops)) + 0.5, ops, fontsize=8)
     ax.xaxis.tick_top()
     ax.grid(False)
     for side in ax.spines.values():
         side.set_visible(False)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in list(_DTYPE_COLOURS.values())[:3]]
-    ax.legend(handles, ["float32", "float16", "bfloat16"], fontsize=7, ncols=3, loc="upper center",
-              bbox_to_anchor=(0.5, -0.02), frameon=False)
-    ax.set_title(title or "The dtype each op's output has, by policy", fontsize=10)
+    ax.legend(handles, ["output float32", "output float16", "output bfloat16"], fontsize=7, ncols=3,
+              loc="upper center", bbox_to_anchor=(0.5, -0.01), frameon=False)
+    fig.suptitle(title or "The dtype each op's output has, by policy", fontsize=10)
     return fig
 
 
@@ -626,30 +626,38 @@ def gradient_histogram(values_by_label: dict[str, np.ndarray], fmt_rows: list[di
     """Histograms of ``log10 |g|`` (non-zero values) against the formats' representable ranges.
 
     ``fmt_rows`` are rows of :func:`padlab.floats.format_table` (``format``, ``max``,
-    ``smallest_normal``, ``smallest_subnormal``). The band left of the first format's smallest
-    subnormal (half of it, where round-to-nearest gives zero) is shaded: values there flush to zero.
+    ``smallest_normal``, ``smallest_subnormal``). The axis spans the data and the first
+    format's range; limits of other formats that fall outside it are named in a note. The band
+    below half of the first format's smallest subnormal (round-to-nearest gives zero) is shaded.
     """
-    fig, ax = _new(figsize=(8, 3.8))
-    finite = [np.abs(np.asarray(v, dtype=float)) for v in values_by_label.values()]
-    finite = [v[(v > 0) & np.isfinite(v)] for v in finite]
-    lo = min([np.log10(v.min()) for v in finite if v.size] + [np.log10(fmt_rows[0]["smallest_subnormal"]) - 2])
-    hi = max([np.log10(v.max()) for v in finite if v.size] + [np.log10(fmt_rows[0]["max"]) + 0.5])
+    fig, ax = _new(figsize=(9, 3.8))
+    mags = [np.abs(np.asarray(v, dtype=float)) for v in values_by_label.values()]
+    mags = [v[(v > 0) & np.isfinite(v)] for v in mags]
+    first = fmt_rows[0]
+    lo = min([np.log10(v.min()) for v in mags if v.size] + [np.log10(first["smallest_subnormal"]) - 1])
+    hi = max([np.log10(v.max()) for v in mags if v.size] + [np.log10(first["max"]) + 0.5])
     edges = np.linspace(np.floor(lo), np.ceil(hi), bins + 1)
     colours = ["#4c72b0", "#dd8452", "#55a868", "#8172b2"]
-    for (label, v), c in zip(zip(values_by_label, finite), colours):
+    for (label, v), c in zip(zip(values_by_label, mags), colours):
         ax.hist(np.log10(v), bins=edges, histtype="stepfilled", alpha=0.45, color=c, label=f"{label} ({v.size:,})")
-    styles = ["-", "--", ":"]
-    for row, ls in zip(fmt_rows, styles):
-        name = row["format"]
+    off_axis = []
+    for row, ls in zip(fmt_rows, ("-", "--", ":")):
         for key, colour in (("smallest_subnormal", "#c44e52"), ("smallest_normal", "#dd8452"), ("max", "0.2")):
-            ax.axvline(np.log10(row[key]), color=colour, ls=ls, lw=1.2,
-                       label=f"{name} {key.replace('_', ' ')} ({row[key]:.3g})")
-    flush = np.log10(fmt_rows[0]["smallest_subnormal"] / 2)
+            x = np.log10(row[key])
+            label = f"{row['format']} {key.replace('_', ' ')} ({row[key]:.3g})"
+            if edges[0] <= x <= edges[-1]:
+                ax.axvline(x, color=colour, ls=ls, lw=1.2, label=label)
+            else:
+                off_axis.append(label)
+    flush = np.log10(first["smallest_subnormal"] / 2)
     ax.axvspan(edges[0], flush, color="#c44e52", alpha=0.08)
-    ax.text(flush - 0.2, ax.get_ylim()[1] * 0.9, f"{fmt_rows[0]['format']} stores 0", color="#c44e52",
-            ha="right", va="top", fontsize=8)
+    ax.text(flush - 0.2, 0.97, f"{first['format']} stores 0", color="#c44e52", ha="right", va="top", fontsize=8,
+            transform=ax.get_xaxis_transform())
+    if off_axis:
+        ax.text(1.02, 0.0, "off this axis:\n" + "\n".join(off_axis), transform=ax.transAxes, ha="left",
+                va="bottom", fontsize=7, color="0.3")
     ax.set_xlabel("log10 |value|")
-    ax.set_ylabel("values")
+    ax.set_ylabel("values (log scale)")
     ax.set_yscale("log")
     ax.set_title(title or "Gradient magnitudes against the range of half precision")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -753,7 +761,8 @@ def policy_speed_memory(rows_by_model: dict[str, dict[str, tuple[float, float | 
         ax.set_xticks(np.arange(len(models)), models)
         ax.set_ylabel(f"{what} / fp32's")
         ax.set_title(f"{what.capitalize()} per training step{' on ' + device if device else ''}", fontsize=10)
-    axes[1].legend(fontsize=8, ncols=2)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncols=len(policies), loc="outside lower center")
     return fig
 
 

@@ -457,6 +457,7 @@ def test_summarize_matrix_by_hand():
     assert (c["task"], c["metric"], c["seeds"], c["diverged"]) == ("c", "accuracy", 2, 0)
     assert c["mean"] == pytest.approx(0.6) and c["std"] == pytest.approx(0.1) and c["values"] == [0.5, 0.7]
     assert (r["metric"], r["diverged"], r["mean"], r["std"], r["exact"], r["skipped"]) == ("mae", 1, 2.0, 0.0, 0.5, 1.0)
+    assert math.isnan(r["values"][0]) and r["values"][1] == 2.0
     assert r["underflow"] == 0.25 and r["underflow_unscaled"] == 0.5
 
 
