@@ -159,6 +159,95 @@ def dynamic_padding_widget(corpus: str = "fortunes", batch_size: int = 32, *, ma
 
 # --- chapter 03: bucketing --------------------------------------------------------------------
 
+#: Pool sizes the bucketing widget offers (in batches; 0 = one pool, a full sort).
+MEGA_BATCH_GRID = (1, 2, 5, 10, 20, 50, 100, 200, 0)
+#: The noise slider's range: (min, max, step).
+NOISE_RANGE = (0.0, 0.5, 0.05)
+
+
+def _mega_batch_value(shown: Any) -> int:
+    """A mega_batch control value as the page shows it ("full" or a number) -> the sampler's int."""
+    if shown in ("full", 0, None):
+        return 0
+    if isinstance(shown, str) and shown.isdigit():
+        shown = int(shown)
+    if isinstance(shown, bool) or shown not in MEGA_BATCH_GRID:
+        raise fail("mega_batch", shown, f"be one of {', '.join(map(str, MEGA_BATCH_GRID[:-1]))} or 'full'")
+    return int(shown)
+
+
+def _bucketing_readout(corpus: str, r) -> str:
+    mb = "full sort" if r.mega_batch == 0 else f"mega_batch {r.mega_batch}"
+    return (f"{corpus}, {mb}, noise {r.noise:.2f}: efficiency {r.efficiency:.1%} "
+            f"(attention {r.attention_efficiency:.1%}); eta² {r.eta_squared:.3f} "
+            f"(share of the length variance that batch membership explains; random batches ≈ 0.03)")
+
+
+def _bucketing_text(controls: Mapping[str, Any], *, batch_size: int = 32, max_length: int = 512) -> str:
+    from .strategies import bucket_tradeoff
+
+    corpus = controls["corpus"]
+    r = bucket_tradeoff(load_corpus(corpus).lengths, batch_size=batch_size, max_length=max_length,
+                        mega_batch=_mega_batch_value(controls["mega_batch"]),
+                        noise=round(float(controls["noise"]), 2))
+    return _bucketing_readout(corpus, r)
+
+
+READOUTS["bucketing_widget"] = _bucketing_text
+
+
+@functools.lru_cache(maxsize=16)
+def _tradeoff_curve(corpus: str, noise: float, batch_size: int, max_length: int) -> tuple[list[float], list[float]]:
+    from .strategies import bucket_tradeoff
+
+    lengths = load_corpus(corpus).lengths
+    rows = [bucket_tradeoff(lengths, batch_size=batch_size, max_length=max_length, mega_batch=m, noise=noise)
+            for m in MEGA_BATCH_GRID]
+    return [r.efficiency for r in rows], [r.eta_squared for r in rows]
+
+
+def bucketing_widget(corpus: str = "fortunes", mega_batch: int = 50, noise: float = 0.0, *,
+                     batch_size: int = 32, max_length: int = 512) -> W.VBox:
+    """Bucketing: a mega_batch slider (1 = random batches ... full sort), a length-noise slider and a
+    corpus dropdown. The readout gives efficiency and eta² from
+    :func:`padlab.strategies.bucket_tradeoff` for one epoch of :class:`padlab.batching.BucketBatchSampler`
+    batches; the picture is :func:`padlab.viz.bucketing_tradeoff` over every pool size."""
+    check_choice("corpus", corpus, CORPORA)
+    mega_batch = _mega_batch_value(mega_batch)
+    lo, hi, step = NOISE_RANGE
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not lo <= noise <= hi:
+        raise fail("noise", noise, f"be a number from {lo} to {hi} (the slider's range)")
+    batch_size = check_int("batch_size", batch_size, min_value=8)
+    max_length = check_int("max_length", max_length, min_value=1)
+    pick = W.Dropdown(options=list(CORPORA), value=corpus, description="corpus")
+    pool = W.SelectionSlider(options=[(_MEGA_LABELS[m], m) for m in MEGA_BATCH_GRID], value=mega_batch,
+                             description="mega_batch", continuous_update=False)
+    jitter = W.FloatSlider(value=round(float(noise), 2), min=lo, max=hi, step=step, readout_format=".2f",
+                           description="noise", continuous_update=False)
+    readout = W.HTML()
+    readout.add_class("padlab-readout")
+    out = W.Image(format="png")
+
+    def update(_=None) -> None:
+        level = round(float(jitter.value), 2)
+        controls = {"corpus": pick.value, "mega_batch": _MEGA_LABELS[pool.value], "noise": level}
+        readout.value = _bucketing_text(controls, batch_size=batch_size, max_length=max_length)
+        effs, etas = {}, {}
+        for n in dict.fromkeys((0.0, level)):  # the noise-free curve stays as a reference
+            effs[f"noise {n:.2f}"], etas[f"noise {n:.2f}"] = _tradeoff_curve(pick.value, n, batch_size, max_length)
+        key = f"noise {level:.2f}"
+        i = MEGA_BATCH_GRID.index(pool.value)
+        _show_png(out, viz.bucketing_tradeoff(MEGA_BATCH_GRID, effs, etas, corpus=pick.value,
+                                              current=(pool.value, effs[key][i], etas[key][i])))
+
+    for control in (pick, pool, jitter):
+        control.observe(update, names="value")
+    update()
+    return W.VBox([W.HBox([pick, pool, jitter]), readout, out])
+
+
+_MEGA_LABELS = {m: ("full" if m == 0 else str(m)) for m in MEGA_BATCH_GRID}
+
 # --- chapter 04: packing ----------------------------------------------------------------------
 
 #: The capacity slider's range (tokens per packed row).
