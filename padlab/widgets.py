@@ -277,6 +277,18 @@ def _shown_packs(n_packs: int, n: int, which: str) -> list[int]:
     return sorted(set(np.linspace(0, n_packs - 1, min(n, n_packs)).round().astype(int).tolist()))
 
 
+def _packing_text(controls: Mapping[str, Any], **_: Any) -> str:
+    corpus, capacity, alg = controls["corpus"], int(controls["capacity"]), controls["algorithm"]
+    limit = controls.get("max per pack")
+    limit = None if limit in (None, "none") else int(limit)
+    lengths = load_corpus(corpus).lengths
+    result = pack(lengths, capacity, algorithm=alg, max_per_pack=limit, truncate=True)
+    return _packing_readout(corpus, capacity, alg, limit, result, int(lengths.sum()))
+
+
+READOUTS["packing_widget"] = _packing_text
+
+
 def packing_widget(corpus: str = "wordnet", capacity: int = 512, algorithm: str = "spfhp", *,
                    max_per_pack: int | None = None, shown: str = "spread", n_packs: int = 12) -> W.VBox:
     """Packing: capacity slider, algorithm, sequences-per-pack limit, corpus and which packs to draw.
