@@ -550,12 +550,25 @@ def test_widgets_in_the_browser(browser, path):
                 desc = sel.evaluate("s => (s.parentElement.querySelector('.widget-label') || {}).textContent || ''")
                 assert page.evaluate(_JS_STATE, [cell, k])["controls"][desc] == target
                 check(f"dropdown {desc!r} -> {target!r}")
+            toggles = root.locator(".widget-toggle-buttons")
+            for i in range(toggles.count()):
+                idle = toggles.nth(i).locator("button:not(.mod-active)")
+                if idle.count():
+                    target = idle.first.inner_text().replace("\xa0", " ").strip()
+                    idle.first.click()
+                    check(f"toggle buttons -> {target!r}")
             after = page.evaluate(_JS_STATE, [cell, k])
             assert after["readout"] != before["readout"], f"{what}: the readout never changed"
         assert not console_errors, f"errors in the page: {console_errors[:3]}"
         print(f"{rel}: {'all' if RUN_ALL else len(run)} cells ran in {run_s:.0f} s in the browser")
     finally:
         try:
+            try:   # let the last redraw land before the picture is taken
+                page.wait_for_selector('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status="idle"]',
+                                       timeout=30_000)
+                page.wait_for_timeout(500)
+            except Exception:
+                pass
             page.screenshot(path=str(shot))
         finally:
             page.close()

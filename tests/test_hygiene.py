@@ -201,6 +201,9 @@ def marker_problems(nb: dict) -> list[str]:
                 problems.append(f"cell {i} line {n + 1} {line.strip()!r}: nbval honours only an exact "
                                 f"'# NBVAL_...' line (put the reason on the next line as '# Why: ...')")
         marks = _markers(c)
+        tags = [t for t in c.get("metadata", {}).get("tags", []) if t.startswith(("nbval", "raises-exception"))]
+        if tags:    # a tag hides the exemption from readers and skips the reason
+            problems.append(f"cell {i} has nbval tags {tags} in its metadata; use the '# NBVAL_...' comment line")
         if "NBVAL_IGNORE_OUTPUT" in marks:
             if lines[0].strip() != "# NBVAL_IGNORE_OUTPUT":
                 problems.append(f"cell {i}: # NBVAL_IGNORE_OUTPUT is not the first line")
@@ -344,6 +347,10 @@ def test_marker_check():
         "cell 0: # NBVAL_IGNORE_OUTPUT is not the first line"]
     assert marker_problems(_nb(_cell("# NBVAL_IGNORE_OUTPUT\nprint(1)", 1))) == [
         "cell 0: # NBVAL_IGNORE_OUTPUT is not followed by a '# Why: ...' line"]
+    tagged = _cell("# NBVAL_IGNORE_OUTPUT\n# Why: t", 1)
+    tagged["metadata"]["tags"] = ["nbval-ignore-output"]
+    assert marker_problems(_nb(tagged)) == ["cell 0 has nbval tags ['nbval-ignore-output'] in its metadata; "
+                                            "use the '# NBVAL_...' comment line"]
     many = [_cell("# NBVAL_IGNORE_OUTPUT\n# Why: t", i) for i in range(1, MAX_IGNORED_CELLS + 2)]
     assert marker_problems(_nb(*many)) == [f"{MAX_IGNORED_CELLS + 1} cells are exempt from nbval's comparison "
                                            f"(at most {MAX_IGNORED_CELLS})"]
