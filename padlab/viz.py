@@ -278,7 +278,7 @@ def accuracy_by_seed(accuracies: dict[str, list[float]], *, baseline: float | No
         ax.axvline(baseline * 100, color="#c44e52", ls="--", lw=1, label=f"{baseline_label} ({baseline:.1%})")
         ax.legend(fontsize=8, loc="lower right")
     ax.set_yticks(range(len(names)), names)
-    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.set_ylim(len(names) - 0.4, -0.6)     # the first order on top
     ax.set_xlabel("held-out accuracy (%): dots are seeds, diamond and bar mean ± std")
     ax.set_title(title or "Accuracy after a short run")
     return fig
