@@ -280,7 +280,7 @@ def _shown_packs(n_packs: int, n: int, which: str) -> list[int]:
 def _packing_text(controls: Mapping[str, Any], **_: Any) -> str:
     corpus, capacity, alg = controls["corpus"], int(controls["capacity"]), controls["algorithm"]
     limit = controls.get("max per pack")
-    limit = None if limit in (None, "none") else int(limit)
+    limit = None if limit in (None, "", "none") else int(limit)
     lengths = load_corpus(corpus).lengths
     result = pack(lengths, capacity, algorithm=alg, max_per_pack=limit, truncate=True)
     return _packing_readout(corpus, capacity, alg, limit, result, int(lengths.sum()))
