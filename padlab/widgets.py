@@ -310,8 +310,9 @@ def packing_widget(corpus: str = "wordnet", capacity: int = 512, algorithm: str 
     slider = W.IntSlider(value=capacity, min=lo, max=hi, step=step, description="capacity",
                          continuous_update=False)
     alg = W.ToggleButtons(options=list(ALGORITHMS), value=algorithm, description="algorithm")
-    limit = W.Dropdown(options=[("none", None)] + [(str(k), k) for k in MAX_PER_PACK_CHOICES[1:]],
-                       value=max_per_pack, description="max per pack")
+    # ipywidgets shows a None value as "nothing selected" (a blank box): 0 stands for "none".
+    limit = W.Dropdown(options=[("none", 0)] + [(str(k), k) for k in MAX_PER_PACK_CHOICES[1:]],
+                       value=max_per_pack or 0, description="max per pack")
     which = W.Dropdown(options=list(PACKS_SHOWN), value=shown, description="packs shown")
     readout = W.HTML()
     readout.add_class("padlab-readout")
@@ -319,8 +320,8 @@ def packing_widget(corpus: str = "wordnet", capacity: int = 512, algorithm: str 
 
     def update(_=None) -> None:
         lengths = load_corpus(pick.value).lengths
-        result = pack(lengths, slider.value, algorithm=alg.value, max_per_pack=limit.value, truncate=True)
-        readout.value = _packing_readout(pick.value, slider.value, alg.value, limit.value, result,
+        result = pack(lengths, slider.value, algorithm=alg.value, max_per_pack=limit.value or None, truncate=True)
+        readout.value = _packing_readout(pick.value, slider.value, alg.value, limit.value or None, result,
                                          int(lengths.sum()))
         chosen = _shown_packs(result.n_packs, n_packs, which.value)
         packs = result.packs
