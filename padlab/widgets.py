@@ -504,7 +504,7 @@ def float_toy_widget(value: "str | float" = "0.1", fmt: str = "fp16") -> W.VBox:
 
 # --- chapter 07: benchmark --------------------------------------------------------------------
 
-from . import bench as _bench  # noqa: E402  (chapter 07 only; kept next to its use)
+from .experiments import results as _results  # noqa: E402  (chapter 07 only; kept next to its use)
 
 WORK_LABELS = {"tokens": "equal tokens (~16k slots a step)", "sequences": "equal sequences (32 a step)"}
 
@@ -512,12 +512,12 @@ WORK_LABELS = {"tokens": "equal tokens (~16k slots a step)", "sequences": "equal
 def _bench_text(controls: Mapping[str, Any]) -> str:
     precision = controls["precision"]
     work = next((k for k, v in WORK_LABELS.items() if v == controls["work"]), controls["work"])
-    result = _bench.result_for_work(work)
-    row = _bench.best_row(result, precision=precision)
+    result = _results.result_for_work(work)
+    row = _results.best_row(result, precision=precision)
     if row is None:
         return f"{WORK_LABELS[work]}: no {precision} rows in this run"
-    speed = _bench.speedups(result, precision=precision)[_bench.row_label(row)]
-    return (f"{WORK_LABELS[work]}, {precision}: best {_bench.row_label(row)} "
+    speed = _results.speedups(result, precision=precision)[_results.row_label(row)]
+    return (f"{WORK_LABELS[work]}, {precision}: best {_results.row_label(row)} "
             f"{row['real_tokens_per_s']:,.0f} real tokens/s ({speed:.1f}x fixed/fp32), "
             f"MFU {row['mfu']:.1%}, padded {row['padded_fraction']:.1%}")
 
@@ -528,10 +528,10 @@ READOUTS["bench_widget"] = _bench_text
 def bench_widget(precision: str = "bf16-amp", work: str = "tokens") -> W.VBox:
     """The shipped H100 benchmark: pick a precision policy and the equal-work mode; the bars show
     every strategy's speed-up over fixed/fp32 and the readout the best row's real tokens/s and MFU
-    (:func:`padlab.bench.best_row`, :func:`padlab.bench.speedups`)."""
-    check_choice("precision", precision, _bench.PRECISIONS)
-    check_choice("work", work, _bench.WORK)
-    pick = W.Dropdown(options=list(_bench.PRECISIONS), value=precision, description="precision")
+    (:func:`padlab.experiments.results.best_row`, :func:`padlab.experiments.results.speedups`)."""
+    check_choice("precision", precision, _results.SHIPPED_PRECISIONS)
+    check_choice("work", work, _results.WORK)
+    pick = W.Dropdown(options=list(_results.SHIPPED_PRECISIONS), value=precision, description="precision")
     mode = W.Dropdown(options=list(WORK_LABELS.values()), value=WORK_LABELS[work], description="work",
                       layout=W.Layout(width="330px"))
     readout = W.HTML()
@@ -541,10 +541,10 @@ def bench_widget(precision: str = "bf16-amp", work: str = "tokens") -> W.VBox:
     def update(_=None) -> None:
         readout.value = _bench_text({"precision": pick.value, "work": mode.value})
         w = next(k for k, v in WORK_LABELS.items() if v == mode.value)
-        result = _bench.result_for_work(w)
-        sp = _bench.speedups(result, precision=pick.value)
+        result = _results.result_for_work(w)
+        sp = _results.speedups(result, precision=pick.value)
         if sp:
-            best = _bench.row_label(_bench.best_row(result, precision=pick.value))
+            best = _results.row_label(_results.best_row(result, precision=pick.value))
             _show_png(out, viz.speedup_bars(sp, highlight=best,
                                             title=f"{pick.value}, {WORK_LABELS[w]} ({result['device']})"))
         else:
