@@ -45,7 +45,7 @@ from .env import resolve_device
 
 __all__ = [
     "POLICIES", "Policy", "PolicyCheck", "PolicyWarning", "Prepared",
-    "get_policy", "check_policy", "prepare", "tf32_mode", "autocast_context", "default_optimizer",
+    "get_policy", "check_policy", "prepare", "tf32_mode", "fp32_precision_state", "autocast_context", "default_optimizer",
 ]
 
 @dataclass(frozen=True)
@@ -180,7 +180,9 @@ def _knob(path: str) -> Any:
     return obj
 
 
-def _precision_state() -> dict[str, str] | None:
+def fp32_precision_state() -> dict[str, str] | None:
+    """Every per-backend ``fp32_precision`` setting of torch >= 2.9 (``None`` on older torch): what
+    :func:`tf32_mode` saves and restores."""
     state = {}
     for path in _PRECISION_KNOBS:
         obj = _knob(path)
@@ -204,7 +206,7 @@ def tf32_mode(enabled: bool = True) -> Iterator[None]:
     if not isinstance(enabled, bool):
         raise fail("enabled", enabled, "be True or False")
     cuda_mm, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    saved = _precision_state()
+    saved = fp32_precision_state()
     try:
         legacy = (None if saved is not None else torch.get_float32_matmul_precision(),
                   cuda_mm.allow_tf32, cudnn.allow_tf32)
