@@ -33,10 +33,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._validate import check_bool, check_int, fail
+from ._validate import check_bool, check_choice, check_int, check_lengths, fail
 from .metrics import BatchShape, WasteReport, length_eta_squared, padded_batches, waste
 
-__all__ = ["STRATEGIES", "Strategy", "Plan", "plan", "random_batches", "default_max_tokens", "batch_shapes",
+__all__ = ["STRATEGIES", "Strategy", "Plan", "plan", "plan_shapes", "random_batches", "default_max_tokens", "batch_shapes",
            "waste_table", "BucketTradeoff", "bucket_tradeoff"]
 
 
@@ -226,23 +226,19 @@ def plan(strategy: str, lengths: Any, *, batch_size: int = 32, max_length: int =
     :func:`default_max_tokens`), ``rows``, ``algorithm``, ``max_per_pack``, ``within_batch``
     (packing). ``drop_last`` drops a short last batch (random, sorted, bucketed and packed batches).
     """
-    from ._validate import check_choice
-
     check_choice("strategy", strategy, tuple(STRATEGIES))
     batch_size = check_int("batch_size", batch_size, min_value=1)
     max_length = check_int("max_length", max_length, min_value=1)
     seed = check_int("seed", seed, min_value=0)
     epoch = check_int("epoch", epoch, min_value=0)
     drop_last = check_bool("drop_last", drop_last)
-    lengths = np.asarray(lengths)
-    if lengths.ndim != 1 or lengths.size == 0 or not np.issubdtype(lengths.dtype, np.integer) or lengths.min() < 1:
-        raise fail("lengths", lengths, "be a non-empty 1-D array of integers >= 1")
+    lengths = check_lengths("lengths", lengths)
     return STRATEGIES[strategy].build(lengths, batch_size, max_length, seed, epoch, drop_last, **options)
 
 
 def plan_shapes(p: Plan, lengths: Any) -> tuple[list[BatchShape], int]:
     """The :class:`~padlab.metrics.BatchShape` of each batch of ``p`` and the tokens truncation drops."""
-    lengths = np.asarray(lengths)
+    lengths = check_lengths("lengths", lengths)
     if not p.packs:
         return padded_batches(lengths, p.batches, max_length=p.max_length, fixed=p.fixed_width,
                               pad_to_multiple_of=p.pad_to_multiple_of)
@@ -254,6 +250,7 @@ def plan_shapes(p: Plan, lengths: Any) -> tuple[list[BatchShape], int]:
 def batch_shapes(strategy: str, lengths: np.ndarray, *, batch_size: int = 32, max_length: int = 512,
                  seed: int = 0, **options) -> tuple[list[BatchShape], int, bool]:
     """Shapes of one epoch of batches under ``strategy``: (shapes, truncated tokens, block_diagonal)."""
+    lengths = check_lengths("lengths", lengths)
     p = plan(strategy, lengths, batch_size=batch_size, max_length=max_length, seed=seed, **options)
     shapes, truncated = plan_shapes(p, lengths)
     return shapes, truncated, p.block_diagonal
@@ -309,7 +306,7 @@ def bucket_tradeoff(lengths: np.ndarray, *, batch_size: int = 32, max_length: in
     name = "sorted" if mega_batch is None or mega_batch == 0 else "bucketed"
     extra = {} if name == "sorted" else {"mega_batch": mega_batch}
     p = plan(name, lengths, batch_size=batch_size, max_length=max_length, seed=seed, noise=noise, **extra)
-    lengths = np.asarray(lengths)
+    lengths = check_lengths("lengths", lengths)
     shapes, truncated = plan_shapes(p, lengths)
     report = waste(name, shapes, truncated)
     return BucketTradeoff(mega_batch=p.options["mega_batch"] or 0, noise=p.options["noise"], batches=report.batches,

@@ -472,9 +472,9 @@ def test_bad_dataset_arguments():
 # ---------------------------------------------------------------------------------------------
 
 def test_packed_strategy():
-    from padlab.strategies import available, batch_shapes, waste_table
+    from padlab.strategies import STRATEGIES, batch_shapes, waste_table
 
-    assert "packed" in available()
+    assert "packed" in STRATEGIES
     lengths = np.array([6, 5, 4, 3, 2, 1, 9, 2])
     shapes, truncated, block = batch_shapes("packed", lengths, batch_size=4, max_length=7, seed=0)
     assert truncated == 2 and block is False
