@@ -262,8 +262,14 @@ def waste_table(lengths: np.ndarray, strategies: tuple[str, ...] | None = None, 
 
     ``options`` go to every strategy that takes them (``mega_batch`` to bucketed and token-budget, ...).
     """
+    names = tuple(strategies or STRATEGIES)
+    for s in names:
+        check_choice("strategies", s, tuple(STRATEGIES))
+    unused = sorted(set(options) - set().union(*(_OPTIONS[s] for s in names)))
+    if unused:
+        raise fail(unused[0], options[unused[0]], f"be an option of one of the strategies {names}")
     out = []
-    for s in strategies or tuple(STRATEGIES):
+    for s in names:
         own = {k: v for k, v in options.items() if k in _OPTIONS[s]}
         shapes, truncated, block = batch_shapes(s, lengths, batch_size=batch_size, max_length=max_length,
                                                 seed=seed, **own)
