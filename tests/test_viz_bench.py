@@ -12,7 +12,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from padlab import bench, viz, widgets  # noqa: E402
+from padlab import viz, widgets  # noqa: E402
+from padlab.experiments import results as bench  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
