@@ -60,6 +60,16 @@ class Policy:
     description: str
 
     @property
+    def param_bytes(self) -> int:
+        """Bytes per element of the weights, gradients and optimizer state (``param_dtype``)."""
+        return self.param_dtype.itemsize
+
+    @property
+    def half_copy_bytes(self) -> int:
+        """Bytes per weight element of the half copies autocast casts and keeps for backward (0 without autocast)."""
+        return self.autocast_dtype.itemsize if self.autocast_dtype is not None else 0
+
+    @property
     def half(self) -> torch.dtype | None:
         """The half-precision format the policy computes in, if any."""
         return self.autocast_dtype or (self.param_dtype if self.param_dtype != torch.float32 else None)

@@ -191,3 +191,9 @@ def test_bad_input(call, match):
         call()
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_bytes_per_element_for_memory_accounting():
+    by = {n: (p.param_bytes, p.half_copy_bytes) for n, p in precision.POLICIES.items()}
+    assert by == {"fp32": (4, 0), "tf32": (4, 0), "fp16-amp": (4, 2), "bf16-amp": (4, 2), "bf16-amp+tf32": (4, 2),
+                  "fp16-pure": (2, 0), "bf16-pure": (2, 0)}
