@@ -20,13 +20,14 @@ Honest accounting:
 * **Equal work.** ``work="tokens"`` (default) gives every step about the same tensor size,
   ``max_tokens`` token slots (32 x 512): fixed holds 32 rows of 512; dynamic, sorted and
   bucketed take as many sequences as fill ``max_tokens`` slots on average; token-budget and
-  packed fill the budget step by step. ``work="sequences"`` gives every step the same 32 sequences per step instead.
-  The answer changes between the two (packing gains little with 32 sequences a step), so the
+  packed fill the budget step by step. ``work="sequences"`` gives every step the same 32
+  sequences instead. The answer changes between the two (packing gains little with 32 sequences a step), so the
   GPU reference run reports both.
 * **One planner, one step, one policy table.** Batches come from :func:`padlab.strategies.plan`;
   a row's precision is a policy name with exactly :data:`padlab.precision.POLICIES`' numerics
   (``bf16-amp`` has TF32 off; ``bf16-amp+tf32`` turns it on for leftover fp32 matmuls); every
-  step is :func:`padlab.train.train_step` with ``measure=False`` (no host sync).
+  step is :func:`padlab.train.train_step` with ``measure=False`` (no statistic, no host sync of
+  its own; fp16-amp's GradScaler checks for inf as torch's always does).
 * **Pools.** ``bucketed`` and ``token-budget`` sort within pools; as transformers'
   length-grouped sampler does, ``mega_batch`` is capped so that a pool holds at most a quarter
   of the corpus (``min(mega_batch, n // (4 x batch size))``, at least 1), so a pool never spans
@@ -35,7 +36,6 @@ Honest accounting:
   and is reported as ``cold_real_tokens_per_s`` (what a short run sees); then the same batches
   are timed again with CUDA events (at least 50 steps) and the median step is reported.
 """
-from __future__ import annotations
 from __future__ import annotations
 
 import contextlib
