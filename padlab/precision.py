@@ -19,6 +19,11 @@ the weights (and so the optimizer state) to the half format: nothing is kept in 
 ``bf16-amp+tf32`` is what benchmark harnesses usually run on a GPU (and what padlab's old bench
 silently ran for every non-fp32 row): autocast, plus TF32 for the float32 matmuls autocast leaves.
 
+**TF32 is part of the name.** Every step and forward pass sets TF32 to what the policy says
+(:func:`tf32_context`): ``fp32`` is exact float32 even where TF32 was turned on globally, and
+``tf32`` / ``bf16-amp+tf32`` keep it for the backward pass and the optimizer too. Only CUDA flags
+change (CPU matmuls are untouched).
+
 **GradScaler.** ``fp16-amp`` gets a ``torch.amp.GradScaler`` on every device type torch makes
 one for (CUDA, CPU, mps): one meaning of the name everywhere. (padlab's old bench enabled it only
 on CUDA, so its CPU fp16 rows had no loss scaling.)
@@ -45,7 +50,7 @@ from .env import resolve_device
 
 __all__ = [
     "POLICIES", "Policy", "PolicyCheck", "PolicyWarning", "Prepared",
-    "get_policy", "check_policy", "prepare", "tf32_mode", "fp32_precision_state", "autocast_context", "default_optimizer",
+    "get_policy", "check_policy", "prepare", "tf32_mode", "tf32_context", "fp32_precision_state", "autocast_context", "default_optimizer",
 ]
 
 @dataclass(frozen=True)
@@ -241,13 +246,23 @@ def tf32_mode(enabled: bool = True) -> Iterator[None]:
             _knob(path).fp32_precision = value
 
 
+def tf32_context(policy: "str | Policy") -> contextlib.AbstractContextManager:
+    """TF32 exactly as ``policy`` says, whatever the global flags: :func:`tf32_mode` with ``policy.tf32``.
+
+    So ``fp32`` is exact float32 even where a caller turned TF32 on globally, and ``tf32`` /
+    ``bf16-amp+tf32`` use it in the backward pass and the optimizer too (wrap the whole step,
+    as :func:`padlab.train.train_step` does). Only CUDA flags change: on a CPU this is a no-op.
+    """
+    return tf32_mode(get_policy(policy).tf32)
+
+
 def autocast_context(policy: "str | Policy", device: "str | torch.device") -> contextlib.AbstractContextManager:
-    """The forward-pass context of ``policy`` on ``device``: autocast and/or TF32, or nothing."""
+    """The forward-pass context of ``policy`` on ``device``: its TF32 setting (:func:`tf32_context`)
+    and its autocast, if any."""
     policy = get_policy(policy)
     dev = resolve_device(device)
     stack = contextlib.ExitStack()
-    if policy.tf32 and dev.type == "cuda":
-        stack.enter_context(tf32_mode(True))
+    stack.enter_context(tf32_context(policy))
     if policy.autocast_dtype is not None:
         stack.enter_context(torch.autocast(dev.type, dtype=policy.autocast_dtype))
     return stack

@@ -21,6 +21,7 @@ the loss as a device tensor (``loss_tensor``) for the caller to read after its t
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 from . import floats
 from ._validate import check_choice, check_float, check_int, fail
 from .env import resolve_device
-from .precision import Policy, Prepared, autocast_context, get_policy, prepare
+from .precision import Policy, Prepared, autocast_context, get_policy, prepare, tf32_context
 
 __all__ = [
     "StepRecord", "TrainRun", "LR_SCHEDULES", "FP16_FLUSH_THRESHOLD",
@@ -143,6 +144,45 @@ def _check_scaler(policy: Policy, scaler: Any) -> None:
         raise fail("scaler", type(scaler).__name__, f"be None for policy {policy.name!r}, which uses no loss scaling")
 
 
+def _step(model, batch, optimizer, policy, scaler, loss_fn, max_grad_norm, measure, dev):
+    # The step inside the policy's TF32 setting; returns (statistics or None, scale, loss).
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    forward = (torch.autocast(dev.type, dtype=policy.autocast_dtype) if policy.autocast_dtype is not None
+               else contextlib.nullcontext())
+    with forward:
+        loss = loss_fn(model, batch)
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise fail("loss_fn", loss_fn, "return a one-element loss tensor")
+    scale = scaler.get_scale() if (scaler is not None and measure) else None
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    stats = None
+    if measure:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        flat = flat_gradients([p.grad for p in params]) if params else torch.zeros(1, device=dev)
+        s = float(scale) if scale is not None else 1.0
+        f_at, live = underflow_count(flat, 1.0)
+        f_one, _ = underflow_count(flat, 1.0 / s)
+        norm = torch.linalg.vector_norm(flat) / s
+        finite = torch.isfinite(flat).all()
+        # One host sync for every number of the record.
+        vals = torch.stack([loss.detach().float().reshape(()), f_at.float(), f_one.float(), live.float(),
+                            norm.float(), finite.float()]).tolist()
+        stats = vals
+    if scaler is not None:
+        if max_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        if max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+    return stats, scale, loss
+
+
 def train_step(model: nn.Module, batch: Mapping[str, Any], optimizer: torch.optim.Optimizer,
                policy: "str | Policy", scaler: "torch.amp.GradScaler | None" = None,
                loss_fn: Callable[[nn.Module, Mapping[str, Any]], Tensor] = default_loss, *,
@@ -174,38 +214,9 @@ def train_step(model: nn.Module, batch: Mapping[str, Any], optimizer: torch.opti
         raise fail("model", str(pdtype), f"hold {policy.param_dtype} weights for policy {policy.name!r} "
                                           "(prepare() casts a copy)")
     batch = to_device(batch, dev)
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    with autocast_context(policy, dev):
-        loss = loss_fn(model, batch)
-    if not isinstance(loss, Tensor) or loss.numel() != 1:
-        raise fail("loss_fn", loss_fn, "return a one-element loss tensor")
-    scale = scaler.get_scale() if (scaler is not None and measure) else None
-    (scaler.scale(loss) if scaler is not None else loss).backward()
-
-    stats = None
-    if measure:
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        flat = flat_gradients([p.grad for p in params]) if params else torch.zeros(1, device=dev)
-        s = float(scale) if scale is not None else 1.0
-        f_at, live = underflow_count(flat, 1.0)
-        f_one, _ = underflow_count(flat, 1.0 / s)
-        norm = torch.linalg.vector_norm(flat) / s
-        finite = torch.isfinite(flat).all()
-        # One host sync for every number of the record.
-        vals = torch.stack([loss.detach().float().reshape(()), f_at.float(), f_one.float(), live.float(),
-                            norm.float(), finite.float()]).tolist()
-        stats = vals
-    if scaler is not None:
-        if max_grad_norm is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        if max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        optimizer.step()
+    # TF32 as the policy says for the whole step (forward, backward, optimizer), autocast for the forward only.
+    with tf32_context(policy):
+        stats, scale, loss = _step(model, batch, optimizer, policy, scaler, loss_fn, max_grad_norm, measure, dev)
     if stats is None:
         nan = math.nan
         return StepRecord(step, nan, None, False, nan, nan, nan, False, measured=False, loss_tensor=loss.detach())

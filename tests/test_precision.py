@@ -168,8 +168,11 @@ def test_bf16_amp_tf32_is_bf16_amp_plus_tf32():
     assert (a.autocast_dtype, a.param_dtype, a.grad_scaler, a.tf32) == (torch.bfloat16, torch.float32, False, False)
     # TF32 is a CUDA mode: on a CPU bf16-amp+tf32 runs as bf16-amp, which is not pointless there.
     assert not precision.check_policy("bf16-amp+tf32", "cpu").pointless
-    with precision.autocast_context("bf16-amp+tf32", "cpu"):
-        assert not torch.backends.cuda.matmul.allow_tf32     # only CUDA flags ever change, and only on CUDA
+    cpu_knob = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    cpu_before = getattr(cpu_knob, "fp32_precision", None)
+    with precision.tf32_mode(False), precision.autocast_context("bf16-amp+tf32", "cpu"):
+        assert torch.backends.cuda.matmul.allow_tf32          # the policy's CUDA flag...
+        assert getattr(cpu_knob, "fp32_precision", None) == cpu_before   # ...and the CPU's matmuls untouched
 
 
 def test_check_policy_result_is_typed():

@@ -233,3 +233,25 @@ def test_linear_schedule_by_hand():
     assert lrs[:4] == pytest.approx([0.5, 1.0, 38 / 38, 37 / 38])
     assert lrs[-1] == pytest.approx(1 / 38)
     assert train.make_lr_schedule(opt, "constant", 10) is None
+
+
+@pytest.mark.parametrize("policy, tf32", [("tf32", True), ("bf16-amp+tf32", True), ("fp32", False), ("bf16-amp", False)])
+def test_tf32_follows_the_policy_through_the_whole_step(policy, tf32):
+    """TF32 is on in the forward and the backward exactly when the policy says so, whatever the
+    global flag was; the flag is restored after the step. (TF32 acts on CUDA matmuls only; the
+    flag is what is checked here.)"""
+    seen = []
+
+    def loss_fn(model, batch):
+        seen.append(("forward", torch.backends.cuda.matmul.allow_tf32))
+        loss = train.default_loss(model, batch)
+        loss.register_hook(lambda g: seen.append(("backward", torch.backends.cuda.matmul.allow_tf32)))
+        return loss
+
+    prep = _quiet_prepare(_model(), policy)
+    before = torch.backends.cuda.matmul.allow_tf32
+    with precision.tf32_mode(not tf32):                      # the global flag says the opposite
+        train.train_step(prep.model, _batch(), prep.optimizer, policy, prep.scaler, loss_fn)
+        assert torch.backends.cuda.matmul.allow_tf32 is (not tf32)
+    assert seen == [("forward", tf32), ("backward", tf32)]
+    assert torch.backends.cuda.matmul.allow_tf32 == before
