@@ -282,7 +282,7 @@ def _packing_text(controls: Mapping[str, Any], **_: Any) -> str:
     limit = controls.get("max per pack")
     limit = None if limit in (None, "", "none") else int(limit)
     lengths = load_corpus(corpus).lengths
-    result = pack(lengths, capacity, algorithm=alg, max_per_pack=limit, truncate=True)
+    result = pack(lengths, capacity, algorithm=alg, max_per_pack=limit, truncation=True)
     return _packing_readout(corpus, capacity, alg, limit, result, int(lengths.sum()))
 
 
@@ -294,7 +294,7 @@ def packing_widget(corpus: str = "wordnet", capacity: int = 512, algorithm: str 
     """Packing: capacity slider, algorithm, sequences-per-pack limit, corpus and which packs to draw.
 
     The readout (packs, efficiency, truncated tokens) comes from :func:`padlab.packing.pack` with
-    ``truncate=True`` over the whole corpus; the picture is :func:`padlab.viz.pack_bars` of
+    ``truncation=True`` over the whole corpus; the picture is :func:`padlab.viz.pack_bars` of
     ``n_packs`` of its packs (the first, the last, or spread evenly over all).
     """
     check_choice("corpus", corpus, CORPORA)
@@ -320,7 +320,7 @@ def packing_widget(corpus: str = "wordnet", capacity: int = 512, algorithm: str 
 
     def update(_=None) -> None:
         lengths = load_corpus(pick.value).lengths
-        result = pack(lengths, slider.value, algorithm=alg.value, max_per_pack=limit.value or None, truncate=True)
+        result = pack(lengths, slider.value, algorithm=alg.value, max_per_pack=limit.value or None, truncation=True)
         readout.value = _packing_readout(pick.value, slider.value, alg.value, limit.value or None, result,
                                          int(lengths.sum()))
         chosen = _shown_packs(result.n_packs, n_packs, which.value)
