@@ -191,6 +191,8 @@ def get_format(name: "str | FloatFormat | Any") -> FloatFormat:
     """
     if isinstance(name, FloatFormat):
         return name
+    if name is None:  # np.dtype(None) is float64: refuse it rather than mean fp64 silently
+        raise fail("format", name, "be one of " + ", ".join(map(repr, FORMATS)) + " (or an alias)")
     key = name
     if not isinstance(name, str):
         text = str(name)
@@ -209,7 +211,14 @@ def get_format(name: "str | FloatFormat | Any") -> FloatFormat:
 
 def format_table(formats: "list[str] | None" = None) -> list[dict[str, Any]]:
     """One row per format: layout, max, smallest normal/subnormal, eps, decimal digits."""
-    names = list(FORMATS) if formats is None else formats
+    if formats is None:
+        return [f.row() for f in FORMATS.values()]
+    if isinstance(formats, (str, bytes, FloatFormat)):  # a single name would be read letter by letter
+        raise fail("formats", formats, "be a list of format names (such as ['fp16']) or None")
+    try:
+        names = list(formats)
+    except TypeError:
+        raise fail("formats", formats, "be a list of format names (such as ['fp16']) or None") from None
     return [get_format(n).row() for n in names]
 
 

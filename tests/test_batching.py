@@ -682,3 +682,18 @@ def test_default_max_tokens_by_hand():
     # kept lengths 10, 20, 512: mean 180.67 -> 181 x 2 = 362 < 512, the longest kept
     assert default_max_tokens(np.array([10, 20, 600]), 2, 512) == 512
     assert default_max_tokens(np.array([10, 20, 30]), 4, 512) == 80
+
+
+# Found by an outside check: ragged nesting gave numpy's "inhomogeneous shape" message, and uint64
+# lengths >= 2**63 became negative lengths that the samplers used.
+@pytest.mark.parametrize("lengths, match", [
+    ([[1, 2], [3]], r"lengths must be a non-empty 1-D sequence of integers >= 1; got \[\[1, 2\], \[3\]\]"),
+    (np.array([3, 2**63], dtype=np.uint64), r"lengths must be a non-empty 1-D sequence of integers >= 1 that fit in int64"),
+    (np.array([3, 2**64 - 1], dtype=np.uint64), r"that fit in int64"),
+    (None, r"lengths must be a non-empty 1-D sequence of integers >= 1; got None"),
+])
+def test_bad_lengths_found_outside(lengths, match):
+    with pytest.raises(PadlabError, match=match):
+        BucketBatchSampler(lengths, 2)
+    with pytest.raises(PadlabError, match=match):
+        TokenBudgetBatchSampler(lengths, 2**62)

@@ -510,3 +510,25 @@ def test_class_order_is_a_stable_sort_in_every_path():
             lengths = values[rng.integers(0, 100, n)]
             values = np.unique(lengths)
         assert np.array_equal(_class_order(lengths, values), np.argsort(lengths, kind="stable")), (n, high)
+
+
+# Found by an outside check: None gave "'NoneType' object is not iterable", ragged lengths numpy's
+# "inhomogeneous shape", uint64 lengths >= 2**63 wrapped to negatives.
+@pytest.mark.parametrize("call, match", [
+    (lambda: PackedCollator(8)(None), r"packs must be a list of packs \(each a list of examples\); got None"),
+    (lambda: PackedCollator(8)([None]), r"packs\[0\] must be a list of examples; got None"),
+    (lambda: PackedCollator(8)([[None]]), r"packs\[0\]\[0\] must be a 1-D sequence of integer token ids >= 0; got None"),
+    (lambda: pack([[1, 2], [3]], 8), r"lengths must be a non-empty 1-D sequence of integers >= 1; got \[\[1, 2\], \[3\]\]"),
+    (lambda: pack(np.array([3, 2**63], dtype=np.uint64), 8, truncation=True),
+     r"lengths must be a non-empty 1-D sequence of integers >= 1 that fit in int64"),
+    (lambda: pack(None, 8), r"lengths must be a non-empty 1-D sequence of integers >= 1; got None"),
+])
+def test_bad_input_found_outside(call, match):
+    with pytest.raises(PadlabError, match=match):
+        call()
+
+
+def test_max_seqlen_is_the_one_int_and_everything_else_a_tensor():
+    b = PackedCollator(7)(TINY)
+    assert type(b["max_seqlen"]) is int and b["max_seqlen"] == 4
+    assert all(isinstance(v, torch.Tensor) for k, v in b.items() if k != "max_seqlen")

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from padlab._validate import PadlabError
 from padlab.data import load_corpus
 from padlab.padding import PaddingCollator, pad_batch, pad_labels
 
@@ -427,3 +428,25 @@ def test_error_collator_bad_options_fail_at_construction():
         PaddingCollator(padding="max_length")
     with pytest.raises(ValueError, match=r"ignore_index must be an integer; got 0.5"):
         PaddingCollator(ignore_index=0.5)
+
+
+# Found by an outside check: None where a list belongs gave "'NoneType' object is not iterable".
+@pytest.mark.parametrize("call, match", [
+    (lambda: pad_batch(None), r"sequences must be a list of sequences; got None"),
+    (lambda: PaddingCollator()(None), r"examples must be a list of examples; got None"),
+    (lambda: pad_labels(None, 4), r"labels must be a list of sequences; got None"),
+    (lambda: pad_batch([[1, 2], None]), r"sequences\[1\] must be a 1-D sequence of integer token ids >= 0; got None"),
+    (lambda: pad_batch(5), r"sequences must be a list of sequences; got 5"),
+])
+def test_error_none_instead_of_a_list(call, match):
+    with pytest.raises(PadlabError, match=match):
+        call()
+
+
+def test_every_collated_value_is_a_tensor():
+    # So {k: v.to(device) for k, v in batch.items()} works on every value.
+    b = PaddingCollator()([{"input_ids": [1, 2], "labels": 1, "weight": 0.5}, {"input_ids": [3], "labels": 0,
+                                                                              "weight": 2.0}])
+    assert set(b) == {"input_ids", "attention_mask", "position_ids", "seq_lengths", "truncated_tokens",
+                      "labels", "weight"}
+    assert all(isinstance(v, torch.Tensor) for v in b.values())
