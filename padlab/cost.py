@@ -98,7 +98,8 @@ def saved_activation_bytes(fn, *, exclude=()) -> int:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         result = fn()
-    del result, keep
+    del result
+    keep.clear()
     return int(sum(seen.values()))
 
 

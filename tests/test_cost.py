@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend
 
 from padlab.cost import (flop_count, median_time, op_names, parameter_memory, saved_activation_bytes,
-                            sdpa_backend_used, sdpa_ops)
+                         sdpa_backend_used, sdpa_ops)
 
 
 # --- parameter_memory ---------------------------------------------------------------------------
