@@ -5,11 +5,15 @@ Measurements of a model or a callable, not of batches (for what a set of batches
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from ._records import FieldMapping
 from ._validate import check_choice, check_int, fail
 
-__all__ = ["BYTES_PER_ELEMENT", "PARAMETER_STORAGE", "OPTIMIZER_STATES", "SDPA_KERNELS", "parameter_memory",
+__all__ = ["BYTES_PER_ELEMENT", "PARAMETER_STORAGE", "OPTIMIZER_STATES", "SDPA_KERNELS", "ParameterMemory",
+           "parameter_memory",
            "saved_activation_bytes", "op_names", "sdpa_ops", "sdpa_backend_used", "flop_count", "median_time"]
 
 #: Bytes per element of each storage precision.
@@ -39,7 +43,23 @@ SDPA_KERNELS = {
 }
 
 
-def parameter_memory(model, precision: str = "fp32", optimizer: str = "adam") -> dict[str, int]:
+@dataclass(frozen=True, eq=False)
+class ParameterMemory(FieldMapping):
+    """What parameters cost in training: counts, then bytes per part (``total`` sums the parts).
+
+    Also a read-only mapping of its fields (``m["total"]``, ``dict(m)``), so plots can stack the parts.
+    """
+
+    parameters: int
+    trainable: int
+    weights: int
+    gradients: int
+    optimizer: int
+    half_copies: int
+    total: int
+
+
+def parameter_memory(model, precision: str = "fp32", optimizer: str = "adam") -> ParameterMemory:
     """Bytes that a model's parameters cost in training, before any activation.
 
     Counts the model's own parameter tensors (shared ones once, as ``model.parameters()`` does):
@@ -47,8 +67,7 @@ def parameter_memory(model, precision: str = "fp32", optimizer: str = "adam") ->
     ``requires_grad``. Per trainable parameter this gives 16 bytes for fp32 + Adam (4 + 4 + 2 x 4),
     8 for ``bf16-pure``/``fp16-pure`` + Adam (2 + 2 + 2 x 2) and, for the ``-amp`` policies, the fp32 16
     plus 2 bytes of ``half_copies`` (the casts autocast keeps for backward); ``precision`` is a policy
-    name of :data:`PARAMETER_STORAGE`. Returns a dict of ints (one entry per part, for stacking):
-    ``parameters, trainable, weights, gradients, optimizer, half_copies, total``.
+    name of :data:`PARAMETER_STORAGE`. Returns a :class:`ParameterMemory` (ints).
     """
     import torch
 
@@ -70,7 +89,7 @@ def parameter_memory(model, precision: str = "fp32", optimizer: str = "adam") ->
         "half_copies": trainable * BYTES_PER_ELEMENT["bf16"] if half_copies else 0,
     }
     out["total"] = sum(v for k, v in out.items() if k not in ("parameters", "trainable"))
-    return out
+    return ParameterMemory(**out)
 
 
 def saved_activation_bytes(fn, *, exclude=()) -> int:

@@ -46,12 +46,13 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from ._records import FieldMapping
 from ._validate import fail
 
 __all__ = [
     "FloatFormat", "FloatBits", "FORMATS", "get_format", "format_table", "decompose", "from_bits",
     "round_to", "ulp", "next_up", "next_down", "encode", "decode", "describe", "decompose_many",
-    "all_values", "range_fractions", "underflow_fraction",
+    "all_values", "RangeFractions", "range_fractions", "underflow_fraction",
 ]
 
 @dataclass(frozen=True)
@@ -609,7 +610,22 @@ def decompose(value: Any, fmt: "str | FloatFormat") -> FloatBits:
 
 # ----------------------------------------------------------------------------- statistics
 
-def range_fractions(values: Any, fmt: "str | FloatFormat") -> dict[str, float]:
+@dataclass(frozen=True, eq=False)
+class RangeFractions(FieldMapping):
+    """The share of values in each outcome of storing them in a format (the six sum to 1).
+
+    Also a read-only mapping of its fields (``f["underflow"]``, ``f.values()``), in this order.
+    """
+
+    zero: float
+    underflow: float
+    subnormal: float
+    normal: float
+    overflow: float
+    nonfinite: float
+
+
+def range_fractions(values: Any, fmt: "str | FloatFormat") -> RangeFractions:
     """What ``fmt`` does to ``values``: the fraction of all values in each outcome (they sum to 1).
 
     ``zero`` (already zero), ``underflow`` (non-zero, stored as zero), ``subnormal`` (stored as a
@@ -643,9 +659,9 @@ def range_fractions(values: Any, fmt: "str | FloatFormat") -> dict[str, float]:
     normal = n - nonfinite - zero - underflow - subnormal - overflow
     counts = {"zero": zero, "underflow": underflow, "subnormal": subnormal, "normal": normal,
               "overflow": overflow, "nonfinite": nonfinite}
-    return {k: int(v) / n for k, v in counts.items()}
+    return RangeFractions(**{k: int(v) / n for k, v in counts.items()})
 
 
 def underflow_fraction(values: Any, fmt: "str | FloatFormat") -> float:
     """Fraction of ``values`` that are non-zero but would be stored as zero in ``fmt``."""
-    return range_fractions(values, fmt)["underflow"]
+    return range_fractions(values, fmt).underflow

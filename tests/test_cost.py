@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend
 
-from padlab.cost import (flop_count, median_time, op_names, parameter_memory, saved_activation_bytes,
-                         sdpa_backend_used, sdpa_ops)
+from padlab.cost import (ParameterMemory, flop_count, median_time, op_names, parameter_memory,
+                         saved_activation_bytes, sdpa_backend_used, sdpa_ops)
 
 
 # --- parameter_memory ---------------------------------------------------------------------------
@@ -29,6 +29,15 @@ from padlab.cost import (flop_count, median_time, op_names, parameter_memory, sa
 def test_parameter_memory_linear(precision, optimizer, expected):
     out = parameter_memory(nn.Linear(3, 4), precision, optimizer)
     assert out == dict(parameters=16, trainable=16, **expected)
+
+
+def test_parameter_memory_is_a_typed_result_that_reads_like_a_dict():
+    out = parameter_memory(nn.Linear(3, 4), "bf16-amp")
+    assert isinstance(out, ParameterMemory) and (out.total, out.half_copies) == (288, 32)
+    assert out["total"] == 288 and out.get("nothing", 0) == 0 and list(out)[:2] == ["parameters", "trainable"]
+    assert type(out.as_dict()) is dict and out.as_dict() == dict(out)
+    with pytest.raises(KeyError):
+        out["gpu"]
 
 
 def test_parameter_memory_frozen_params_have_no_gradients_or_state():

@@ -518,6 +518,8 @@ def test_rounding_properties(x, y, name):
 def test_range_fractions_by_hand():
     x = np.array([0, 1e-9, 1e-6, 1.0, 1e5, np.inf, np.nan, -3e-8])
     want16 = {"zero": 1, "underflow": 1, "subnormal": 2, "normal": 1, "overflow": 1, "nonfinite": 2}
+    f = range_fractions(x, "fp16")
+    assert isinstance(f, F.RangeFractions) and f.underflow == f["underflow"] == want16["underflow"] / 8
     assert range_fractions(x, "fp16") == {k: v / 8 for k, v in want16.items()}
     want_bf = {"zero": 1, "underflow": 0, "subnormal": 0, "normal": 5, "overflow": 0, "nonfinite": 2}
     assert range_fractions(x, "bf16") == {k: v / 8 for k, v in want_bf.items()}
