@@ -185,7 +185,7 @@ def _controls(w):
 
 def _readout_by_hand(corpus, capacity, algorithm, max_per_pack=None):
     lengths = load_corpus(corpus).lengths
-    r = pack(lengths, capacity, algorithm=algorithm, max_per_pack=max_per_pack, truncate=True)
+    r = pack(lengths, capacity, algorithm=algorithm, max_per_pack=max_per_pack, truncation=True)
     cut = int(np.maximum(lengths - capacity, 0).sum())              # independent of PackResult
     eff = np.minimum(lengths, capacity).sum() / (r.n_packs * capacity)
     limit = "" if max_per_pack is None else f", at most {max_per_pack} per pack"
