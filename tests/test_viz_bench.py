@@ -31,7 +31,7 @@ TUNE = bench.load_result("tune")
 
 
 def test_bench_summary_and_speedup_bars_on_the_shipped_result():
-    fig = viz.bench_summary(TOKENS)
+    fig = viz.bench_summary(TOKENS["rows"], device=TOKENS["device"])
     assert isinstance(fig, Figure) and len(fig.axes) == 3
     sp = bench.speedups(TOKENS, precision="bf16-amp")
     fig = viz.speedup_bars(sp, highlight="packed-varlen*/bf16-amp")
