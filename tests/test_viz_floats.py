@@ -292,7 +292,7 @@ def test_float_toy_bit_patterns_survive_the_text_box(fmt, data):
     pattern = data.draw(st.integers(0, 2 ** n - 1))
     w = _TOY.setdefault("w", widgets.float_toy_widget())
     pick, box, down, up, *_ = _parts(w)
-    with mock.patch.object(widgets, "_show_png", lambda image, fig: None), \
+    with mock.patch.object(widgets, "show_png", lambda image, fig: None), \
             mock.patch.object(viz, "float_bits", lambda bits: None):   # the picture is tested above
         _round_trip(w, fmt, n, pattern)
 
