@@ -38,8 +38,9 @@ FIELD_COLOURS = {"sign": ("#c44e52", "#f2c4c5"), "exponent": ("#4c72b0", "#c5d3e
                  "mantissa": ("#55a868", "#c9e6cf")}
 
 #: One colour per sequence of a row (cycled), shared by the pack pictures and the mask heatmaps.
-SEQUENCE_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b2", "#937860", "#da8bc3",
-                    "#ccb974", "#64b5cd", "#2f4b7c")
+#: No grey among them: grey means padding (:data:`EMPTY_COLOUR`, :data:`PAD_QUERY_COLOUR`).
+SEQUENCE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                    "#bcbd22", "#17becf", "#2f4b7c")
 
 #: Series that are not a policy, strategy or format (corpora, noise levels, seeds ...), in order.
 SERIES_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
