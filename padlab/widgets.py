@@ -21,6 +21,7 @@ from typing import Any
 import ipywidgets as W
 import matplotlib.pyplot as plt
 import numpy as np
+
 from . import viz
 from ._validate import check_choice, check_int, fail
 # Chapter 07's readers of the shipped benchmark JSON (padlab.experiments.results after the split).
@@ -28,7 +29,7 @@ from .bench import best_row, result_for_work, row_label, speedups
 from .data import CORPORA, load_corpus
 from .floats import FORMATS, FloatBits, FloatFormat, decompose, decompose_many, from_bits, get_format
 from .packing import ALGORITHMS, pack
-from .strategies import waste_table
+from .strategies import bucket_tradeoff, waste_table
 
 
 #: Every control's description is shown in full ("mega_batch", "max per pack", not "mega_bat...").
@@ -219,8 +220,6 @@ def _bucketing_readout(corpus: str, r) -> str:
 
 
 def _bucketing_text(controls: Mapping[str, Any], *, batch_size: int = 32, max_length: int = 512) -> str:
-    from .strategies import bucket_tradeoff
-
     corpus = controls["corpus"]
     r = bucket_tradeoff(load_corpus(corpus).lengths, batch_size=batch_size, max_length=max_length,
                         mega_batch=_mega_batch_value(controls["mega_batch"]),
@@ -233,8 +232,6 @@ READOUTS["bucketing_widget"] = _bucketing_text
 
 @functools.lru_cache(maxsize=16)
 def _tradeoff_curve(corpus: str, noise: float, batch_size: int, max_length: int) -> tuple[list[float], list[float]]:
-    from .strategies import bucket_tradeoff
-
     lengths = load_corpus(corpus).lengths
     rows = [bucket_tradeoff(lengths, batch_size=batch_size, max_length=max_length, mega_batch=m, noise=noise)
             for m in MEGA_BATCH_GRID]

@@ -61,7 +61,7 @@ def bench_speedup_bars(rows: Sequence[Mapping], *, title: str = "", ax=None) -> 
                      np.nan) for s in strategies]
         ax.bar(x + (j - (len(precisions) - 1) / 2) * width, vals, width, label=p, color=POLICY_COLOURS.get(p))
     ax.axhline(1.0, color=GUIDE_COLOUR, lw=0.8, ls="--")
-    ax.set_xticks(x, strategies, rotation=20)
+    ax.set_xticks(x, strategies, rotation=25, ha="right")
     ax.set_yscale("log")
     ax.set_ylabel("real tokens/s vs fixed fp32")
     ax.legend(ncols=len(precisions), fontsize=8)
