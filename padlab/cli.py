@@ -125,7 +125,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.png:
         from .viz import bench_summary
 
-        bench_summary(result).savefig(args.png, dpi=120)
+        bench_summary(result["rows"], device=result["device"]).savefig(args.png, dpi=120)
         print(f"wrote {args.png}")
     return 0
 
