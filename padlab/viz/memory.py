@@ -15,7 +15,7 @@ _MEMORY_PARTS = ("weights", "gradients", "optimizer", "half_copies")
 def parameter_memory_bars(breakdowns: dict[str, dict[str, dict[str, int]]]) -> Figure:
     """Stacked bars of training memory for the parameters, one panel per model config.
 
-    ``breakdowns[config][precision]`` is a :func:`padlab.metrics.parameter_memory` dict (bytes).
+    ``breakdowns[config][precision]`` is a :func:`padlab.cost.parameter_memory` result (bytes).
     Each panel is in MiB or GiB, whichever suits its largest bar.
     """
     fig, axes = new_figure(figsize=(3.4 * len(breakdowns), 3.4), ncols=len(breakdowns), squeeze=False)

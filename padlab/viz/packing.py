@@ -179,7 +179,7 @@ def strategy_efficiency_bars(table: dict[str, dict[str, dict[str, float]]], *, t
     """Token and attention efficiency (as %) of each strategy, one panel per corpus.
 
     ``table[corpus][strategy]`` is ``{"tokens": ..., "attention": ...}`` in [0, 1], e.g. from
-    :class:`padlab.metrics.WasteReport` ``efficiency`` and ``attention_efficiency``.
+    :class:`padlab.waste.WasteReport` ``efficiency`` and ``attention_efficiency``.
     """
     fig, axes = new_figure(figsize=(5.4 * len(table), 3.8), ncols=len(table), squeeze=False, sharey=True)
     for ax, (corpus, rows) in zip(axes[0], table.items()):
