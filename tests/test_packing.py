@@ -168,7 +168,7 @@ def test_full_assignment(inp, algorithm):
 
 @FAST
 @given(packing_inputs())
-def test_ffd_equals_naive_reference(inp):
+def test_ffd_equals_the_reference(inp):
     lengths, capacity, limit = inp
     assert as_lists(first_fit_decreasing(lengths, capacity, max_per_pack=limit)) == \
         first_fit_decreasing_reference(lengths, capacity, max_per_pack=limit)
