@@ -4,7 +4,7 @@ Every consumer plans from :data:`STRATEGIES` through :func:`plan`: the ``padlab 
 and :func:`waste_table`, the benchmark harness (:mod:`padlab.experiments.bench`), the widgets
 and the notebooks. A strategy returns batches of *indices*; turning them into tensors is the
 collators' job (:mod:`padlab.padding`, :mod:`padlab.packing`); measuring them is
-:mod:`padlab.metrics`'. The mechanisms live in :mod:`padlab.batching` and :mod:`padlab.packing`.
+:mod:`padlab.waste`'. The mechanisms live in :mod:`padlab.batching` and :mod:`padlab.packing`.
 
 =================  ===========================================================================
 name               batches
@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ._validate import check_bool, check_choice, check_int, check_lengths, fail
-from .metrics import BatchShape, WasteReport, length_eta_squared, padded_batches, waste
+from .waste import BatchShape, WasteReport, length_eta_squared, padded_batches, waste
 
 __all__ = ["STRATEGIES", "Strategy", "Plan", "plan", "plan_shapes", "random_batches", "default_max_tokens", "batch_shapes",
            "waste_table", "BucketTradeoff", "bucket_tradeoff"]
@@ -180,12 +180,12 @@ def _packer(name: str, varlen: bool):
         n = len(lengths)
         if within_batch:
             batches = [[chunk[p] for p in pack(lengths[chunk], max_length, algorithm=algorithm,
-                                                max_per_pack=max_per_pack, truncate=True).packs]
+                                                max_per_pack=max_per_pack, truncation=True).packs]
                        for chunk in random_batches(n, batch_size, seed, epoch, drop_last=drop_last)]
             opts = {"within_batch": True, "algorithm": algorithm}
         else:
             perm = np.random.default_rng((seed, epoch)).permutation(n)
-            res = pack(lengths[perm], max_length, algorithm=algorithm, max_per_pack=max_per_pack, truncate=True)
+            res = pack(lengths[perm], max_length, algorithm=algorithm, max_per_pack=max_per_pack, truncation=True)
             packs = [perm[p] for p in res.packs]
             if rows is None:
                 rows = max(1, round(batch_size * float(res.lengths.mean()) / max_length))
@@ -237,7 +237,7 @@ def plan(strategy: str, lengths: Any, *, batch_size: int = 32, max_length: int =
 
 
 def plan_shapes(p: Plan, lengths: Any) -> tuple[list[BatchShape], int]:
-    """The :class:`~padlab.metrics.BatchShape` of each batch of ``p`` and the tokens truncation drops."""
+    """The :class:`~padlab.waste.BatchShape` of each batch of ``p`` and the tokens truncation drops."""
     lengths = check_lengths("lengths", lengths)
     if not p.packs:
         return padded_batches(lengths, p.batches, max_length=p.max_length, fixed=p.fixed_width,
@@ -291,8 +291,8 @@ _OPTIONS: dict[str, set[str]] = {
 class BucketTradeoff:
     """One bucketing setting measured on one epoch: what padding costs against how random batches are.
 
-    ``efficiency`` and ``attention_efficiency`` as in :class:`~padlab.metrics.WasteReport`;
-    ``eta_squared`` is :func:`padlab.metrics.length_eta_squared` of the (truncated) lengths:
+    ``efficiency`` and ``attention_efficiency`` as in :class:`~padlab.waste.WasteReport`;
+    ``eta_squared`` is :func:`padlab.waste.length_eta_squared` of the (truncated) lengths:
     the share of their variance that batch membership explains (about ``1 / batch_size`` for
     random batches, close to 1 for a full sort). ``mega_batch`` 0 means a full sort.
     """

@@ -33,13 +33,11 @@ import numpy as np
 from .._validate import check_choice, check_int, fail
 from ..precision import POLICIES
 
-__all__ = ["SHIPPED", "SHIPPED_PRECISIONS", "WORK", "load_result", "save_result", "is_history", "result_for_work", "rows_where", "best_row",
+__all__ = ["SHIPPED", "WORK", "load_result", "save_result", "is_history", "result_for_work", "rows_where", "best_row",
            "row_label", "speedups", "curve_seconds", "loss_at", "padded_widths", "flop_shares",
            "load_matrix", "summarize_matrix", "speed_table"]
 
 WORK = ("tokens", "sequences")
-#: The precision names the shipped H100 bench files hold (history names: see above).
-SHIPPED_PRECISIONS = ("fp32", "tf32", "fp16-amp", "bf16-amp")
 
 #: The shipped reference results (``data/benchmarks/``), by what they hold.
 SHIPPED = {"tokens": "bench_h100_tokens.json", "extra": "bench_h100_extra.json",
