@@ -252,8 +252,16 @@ def tf32_context(policy: "str | Policy") -> contextlib.AbstractContextManager:
     So ``fp32`` is exact float32 even where a caller turned TF32 on globally, and ``tf32`` /
     ``bf16-amp+tf32`` use it in the backward pass and the optimizer too (wrap the whole step,
     as :func:`padlab.train.train_step` does). Only CUDA flags change: on a CPU this is a no-op.
+    Where the flags already say what the policy wants, nothing is written (a step's usual case:
+    no save-and-restore on the timed path).
     """
-    return tf32_mode(get_policy(policy).tf32)
+    want = get_policy(policy).tf32
+    try:
+        if torch.backends.cuda.matmul.allow_tf32 == want and torch.backends.cudnn.allow_tf32 == want:
+            return contextlib.nullcontext()
+    except RuntimeError:  # the legacy and new flag APIs disagree: tf32_mode sorts that out
+        pass
+    return tf32_mode(want)
 
 
 def autocast_context(policy: "str | Policy", device: "str | torch.device") -> contextlib.AbstractContextManager:

@@ -208,11 +208,13 @@ def train_step(model: nn.Module, batch: Mapping[str, Any], optimizer: torch.opti
         max_grad_norm = check_float("max_grad_norm", max_grad_norm, min_value=0.0, min_inclusive=False)
     if not callable(loss_fn):
         raise fail("loss_fn", loss_fn, "be a callable (model, batch) -> loss")
-    dev = model_device(model)
-    pdtype = next(model.parameters()).dtype
-    if pdtype != policy.param_dtype:
-        raise fail("model", str(pdtype), f"hold {policy.param_dtype} weights for policy {policy.name!r} "
-                                          "(prepare() casts a copy)")
+    first = next(model.parameters(), None)   # one parameter: its device and dtype (cheap on the timed path)
+    if first is None:
+        raise fail("model", type(model).__name__, "have parameters")
+    dev = first.device
+    if first.dtype != policy.param_dtype:
+        raise fail("model", str(first.dtype), f"hold {policy.param_dtype} weights for policy {policy.name!r} "
+                                              "(prepare() casts a copy)")
     batch = to_device(batch, dev)
     # TF32 as the policy says for the whole step (forward, backward, optimizer), autocast for the forward only.
     with tf32_context(policy):
@@ -336,7 +338,8 @@ def train(model: nn.Module, loader: Iterable[Mapping[str, Any]], policy: "str | 
     scheduler = make_lr_schedule(prepared.optimizer, lr_schedule, steps)
     batches = cycle_epochs(loader)
     bad_in_a_row = 0
-    with tqdm(total=steps, desc=policy.name, disable=not progress, leave=False) as bar:
+    # TF32 set once for the run: each step's own tf32_context then finds it set and writes nothing.
+    with tf32_context(policy), tqdm(total=steps, desc=policy.name, disable=not progress, leave=False) as bar:
         for i in range(steps):
             epoch, batch = next(batches)
             run.epochs = epoch + 1

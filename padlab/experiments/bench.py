@@ -55,7 +55,7 @@ from .._validate import check_choice, check_int, fail
 from ..data import Corpus, load_corpus, vocab_size
 from ..env import resolve_device
 from ..models import IGNORE_INDEX, EncoderConfig, EncoderForMaskedLM, mask_tokens, model_flops
-from ..precision import POLICIES, PolicyWarning, prepare
+from ..precision import POLICIES, PolicyWarning, prepare, tf32_context
 from ..strategies import STRATEGIES, Plan, plan
 from ..train import StepRecord, to_device, train_step
 from .results import WORK
@@ -406,7 +406,8 @@ def run_row(strategy: str, precision: str, steps: Sequence[dict[str, Any]], init
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     cold, warm, losses, scales = [], [], [], []
-    with sdpa_backends(cfg.sdpa_backends):
+    # The policy's TF32 setting once for the row: each step's own tf32_context then writes nothing.
+    with sdpa_backends(cfg.sdpa_backends), tf32_context(prep.policy):
         t_start = time.perf_counter()
         for inp in dev_steps:                      # cold pass: every shape seen once
             with StepTimer(device) as t:
@@ -485,12 +486,13 @@ def loss_curve(strategy: str, precision: str, mc: MaskedCorpus, cfg: BenchConfig
     prep = prepare_row(precision, init_state, mcfg, cfg, device)
     model = torch.compile(prep.model) if compile_model else prep.model
     losses, seen, n = [], [], 0
-    for b in batches:
-        rec = train_step(model, to_device(b["inputs"], device), prep.optimizer, prep.policy, prep.scaler, mlm_loss,
-                         measure=False)
-        losses.append(rec.loss_tensor)
-        n += b["sequences"]
-        seen.append(n)
+    with tf32_context(prep.policy):
+        for b in batches:
+            rec = train_step(model, to_device(b["inputs"], device), prep.optimizer, prep.policy, prep.scaler,
+                             mlm_loss, measure=False)
+            losses.append(rec.loss_tensor)
+            n += b["sequences"]
+            seen.append(n)
     return {"strategy": strategy, "precision": precision, "examples_seen": seen,
             "loss": [float(x) for x in torch.stack(losses).float().cpu()]}
 
