@@ -598,7 +598,8 @@ class PackedCollator:
     * ``position_ids`` (long, P x C): ``0..len-1`` within each sequence, 0 on pads;
     * ``seq_ids`` (long, P x C): which sequence of its row a token belongs to (0, 1, ...), -1 on pads;
     * ``block_mask`` (bool, P x C x C, if ``return_block_mask``): ``[p, q, k]`` is True when query
-      ``q`` may attend to key ``k``: both in the same sequence. A pad query attends to itself only,
+      ``q`` may attend to key ``k``: both in the same sequence (and ``k <= q`` with ``causal=True``:
+      the document mask inside the causal mask, for a decoder). A pad query attends to itself only,
       so no softmax row is empty (an all-False row makes SDPA return NaN); pad outputs mean nothing.
     * ``cu_seqlens`` (int32, S + 1): sequence offsets in the unpadded concatenation
       ``input_ids[attention_mask.bool()]`` (flash-attention varlen convention);
@@ -607,7 +608,10 @@ class PackedCollator:
     * ``seq_lengths`` (long, S); ``seq_starts`` (long, S): the flat index ``row * C + column`` of
       each sequence's first token, so ``hidden.flatten(0, 1)[seq_starts]`` pools the ``[CLS]`` tokens;
     * ``labels``: long (S,) for one label per sequence, or long P x C with ``ignore_index`` on pads
-      for per-token labels (never shifted across a boundary, since each sequence keeps its own);
+      for per-token labels (completion-only labels, ``ignore_index`` on the prompt, as
+      :func:`padlab.data.load_instructions` gives them, are kept as they are). With ``causal=True``
+      each sequence's first label is ``ignore_index`` too: a causal LM shifts labels left, and the
+      last token of one sequence must not learn to predict the first of the next;
     * ``truncated_tokens`` (0-d long): what ``truncation=True`` dropped.
 
     With ``truncation=True`` a sequence longer than ``capacity`` keeps its first ``capacity`` tokens
@@ -616,8 +620,9 @@ class PackedCollator:
     """
 
     def __init__(self, capacity: int, *, pad_id: int = 0, ignore_index: int = -100,
-                 return_block_mask: bool = True, truncation: bool = False) -> None:
+                 return_block_mask: bool = True, truncation: bool = False, causal: bool = False) -> None:
         self.capacity = check_int("capacity", capacity, min_value=1)
+        self.causal = check_bool("causal", causal)
         self.pad_id = check_int("pad_id", pad_id, min_value=0)
         self.ignore_index = check_int("ignore_index", ignore_index)
         self.return_block_mask = check_bool("return_block_mask", return_block_mask)
@@ -626,7 +631,7 @@ class PackedCollator:
     def __repr__(self) -> str:
         return (f"PackedCollator(capacity={self.capacity}, pad_id={self.pad_id}, "
                 f"ignore_index={self.ignore_index}, return_block_mask={self.return_block_mask}, "
-                f"truncation={self.truncation})")
+                f"truncation={self.truncation}, causal={self.causal})")
 
     def __call__(self, packs: Sequence[Sequence[Any]]) -> dict[str, Any]:
         packs = check_list("packs", packs, items="packs (each a list of examples)", item="pack")
@@ -706,6 +711,8 @@ class PackedCollator:
             same = seq_ids[:, :, None] == seq_ids[:, None, :]
             real_q = (seq_ids >= 0)[:, :, None]
             eye = torch.eye(C, dtype=torch.bool)[None]
+            if self.causal:
+                same = same & torch.ones(C, C, dtype=torch.bool).tril()[None]
             out["block_mask"] = (same & real_q) | (eye & ~real_q)
         out["cu_seqlens"] = torch.from_numpy(cu.astype(np.int32))
         out["max_seqlen"] = int(lens.max())
@@ -713,6 +720,8 @@ class PackedCollator:
         out["seq_starts"] = torch.from_numpy(rows * C + seq_col)
         if labels is not None:
             out["labels"] = self._labels(labels, full, lens, grid, names)
+            if self.causal and out["labels"].ndim == 2:
+                out["labels"].view(-1)[out["seq_starts"]] = self.ignore_index
         out["truncated_tokens"] = torch.tensor(int((full - lens).sum()))
         return out
 

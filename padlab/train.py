@@ -22,6 +22,7 @@ the loss as a device tensor (``loss_tensor``) for the caller to read after its t
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -40,7 +41,7 @@ from .precision import Policy, Prepared, autocast_context, get_policy, prepare, 
 __all__ = [
     "StepRecord", "TrainRun", "LR_SCHEDULES", "FP16_FLUSH_THRESHOLD",
     "train_step", "train", "evaluate", "to_device", "model_device", "default_loss", "cycle_epochs",
-    "make_lr_schedule", "flat_gradients", "underflow_count",
+    "make_lr_schedule", "flat_gradients", "underflow_count", "NORMALIZATIONS", "count_targets", "causal_lm_loss",
 ]
 
 # Magnitudes at or below half of fp16's smallest subnormal (2**-24) round to zero.
@@ -79,14 +80,18 @@ def to_device(batch: Any, device: "str | torch.device") -> dict[str, Any]:
     return {k: (v.to(dev, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in batch.items()}
 
 
-def default_loss(model: nn.Module, batch: Mapping[str, Any]) -> Tensor:
+def default_loss(model: nn.Module, batch: Mapping[str, Any], *, num_items_in_batch: int | None = None) -> Tensor:
     """The model's own loss for ``batch`` (``input_ids``, ``attention_mask``, ``position_ids``, ``labels``).
 
     The model returns its loss as ``out["loss"]``, ``out.loss``, the first item of a tuple, or itself.
+    ``num_items_in_batch`` (gradient accumulation, see :func:`train_step`) is passed on to the model,
+    as transformers' models take it: their loss is then the summed token loss divided by it.
     """
     if "labels" not in batch:
         raise fail("batch", sorted(batch), "hold 'labels' for the default loss")
     kw = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
+    if num_items_in_batch is not None:
+        kw["num_items_in_batch"] = num_items_in_batch
     out = model(batch["input_ids"], labels=batch["labels"], **kw)
     if isinstance(out, Mapping):
         return out["loss"]
@@ -99,6 +104,50 @@ def _logits(model: nn.Module, batch: Mapping[str, Any]) -> Tensor:
     kw = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
     out = model(batch["input_ids"], **kw)
     return out["logits"] if isinstance(out, Mapping) else getattr(out, "logits", out)
+
+
+NORMALIZATIONS = ("token", "mean")
+
+# Keys a causal LM's forward takes from a batch (padlab's collators and hf.PaddingFreeCollator make them).
+_LM_KEYS = ("attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+def count_targets(batch: Mapping[str, Any], *, shift: bool = True, ignore_index: int = -100) -> int:
+    """Target tokens of ``batch``: ``labels`` not equal to ``ignore_index``, after the causal shift
+    (``labels[..., 1:]``: a row's first label is never predicted) when ``shift``."""
+    if not isinstance(batch, Mapping) or "labels" not in batch:
+        raise fail("batch", batch, "be a mapping with per-token 'labels'")
+    labels = torch.as_tensor(batch["labels"])
+    if labels.ndim != 2:
+        raise fail("batch['labels']", tuple(labels.shape), "be per-token labels, rows x tokens")
+    return int((labels[:, 1:] if shift else labels).ne(ignore_index).sum())
+
+
+def causal_lm_loss(model: nn.Module, batch: Mapping[str, Any], *, num_items_in_batch: int | None = None,
+                   ignore_index: int = -100) -> Tensor:
+    """Next-token cross-entropy of a causal LM on ``batch``, computed here from its logits.
+
+    The logits at position ``t`` predict ``labels[t + 1]`` (the shift transformers' models do inside
+    their loss); ``ignore_index`` labels (prompt, pads, each packed sequence's first token) are not
+    targets. The summed token loss is divided by ``num_items_in_batch`` when given (the step's
+    target count, for accumulation), else by this batch's targets (its per-token mean). Batch keys
+    the model takes (``attention_mask``, ``position_ids``, ``cu_seq_lens_*``, ``max_length_*``) are
+    passed on, with ``use_cache=False`` where the model takes it (a cache makes transformers ignore
+    packed ``position_ids``).
+    """
+    if "labels" not in batch:
+        raise fail("batch", sorted(batch), "hold per-token 'labels' for the causal LM loss")
+    kw = {k: batch[k] for k in _LM_KEYS if k in batch}
+    params = inspect.signature(model.forward).parameters
+    if "use_cache" in params:
+        kw["use_cache"] = False
+    out = model(batch["input_ids"], **kw)
+    logits = out["logits"] if isinstance(out, Mapping) else getattr(out, "logits", out)
+    labels = batch["labels"]
+    summed = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                         ignore_index=ignore_index, reduction="sum")
+    n = num_items_in_batch if num_items_in_batch is not None else count_targets(batch, ignore_index=ignore_index)
+    return summed / max(int(n), 1)
 
 
 
@@ -144,18 +193,24 @@ def _check_scaler(policy: Policy, scaler: Any) -> None:
         raise fail("scaler", type(scaler).__name__, f"be None for policy {policy.name!r}, which uses no loss scaling")
 
 
-def _step(model, batch, optimizer, policy, scaler, loss_fn, max_grad_norm, measure, dev):
+def _step(model, batches, optimizer, policy, scaler, loss_fn, max_grad_norm, measure, dev, normalization, n_items):
     # The step inside the policy's TF32 setting; returns (statistics or None, scale, loss).
+    # ``batches``: the step's micro-batches (one for a plain step); their gradients add up before the update.
     model.train()
     optimizer.zero_grad(set_to_none=True)
     forward = (torch.autocast(dev.type, dtype=policy.autocast_dtype) if policy.autocast_dtype is not None
                else contextlib.nullcontext())
-    with forward:
-        loss = loss_fn(model, batch)
-    if not isinstance(loss, Tensor) or loss.numel() != 1:
-        raise fail("loss_fn", loss_fn, "return a one-element loss tensor")
     scale = scaler.get_scale() if (scaler is not None and measure) else None
-    (scaler.scale(loss) if scaler is not None else loss).backward()
+    loss = None
+    for mb in batches:
+        with forward:
+            part = loss_fn(model, mb) if n_items is None else loss_fn(model, mb, num_items_in_batch=n_items)
+        if not isinstance(part, Tensor) or part.numel() != 1:
+            raise fail("loss_fn", loss_fn, "return a one-element loss tensor")
+        if normalization == "mean":
+            part = part / len(batches)   # each micro-batch's own mean, weighted alike: the negative control
+        (scaler.scale(part) if scaler is not None else part).backward()
+        loss = part.detach() if loss is None else loss + part.detach()
 
     stats = None
     if measure:
@@ -183,11 +238,25 @@ def _step(model, batch, optimizer, policy, scaler, loss_fn, max_grad_norm, measu
     return stats, scale, loss
 
 
-def train_step(model: nn.Module, batch: Mapping[str, Any], optimizer: torch.optim.Optimizer,
+def train_step(model: nn.Module, batch: "Mapping[str, Any] | list[Mapping[str, Any]]", optimizer: torch.optim.Optimizer,
                policy: "str | Policy", scaler: "torch.amp.GradScaler | None" = None,
                loss_fn: Callable[[nn.Module, Mapping[str, Any]], Tensor] = default_loss, *,
-               max_grad_norm: float | None = None, measure: bool = True, step: int = 0) -> StepRecord:
+               max_grad_norm: float | None = None, measure: bool = True, step: int = 0,
+               normalization: str = "token", shift_labels: bool = True) -> StepRecord:
     """One optimizer step of ``model`` on ``batch`` under ``policy``.
+
+    ``batch`` is one batch (a mapping), or a list of micro-batches whose gradients are accumulated
+    into one optimizer step (gradient accumulation; the recorded loss is then the step's). How a
+    list is normalised (``normalization``):
+
+    * ``"token"`` (default): every micro-batch's summed token loss is divided by the number of target
+      tokens in the *whole step* (:func:`count_targets` over all micro-batches, labels shifted by one
+      when ``shift_labels``, as a causal LM shifts them), passed to ``loss_fn`` as
+      ``num_items_in_batch`` (transformers' name; :func:`default_loss` and :func:`causal_lm_loss`
+      take it). The gradient is that of the per-token mean over the step, whatever the micro-batches,
+      packs and padding: equal to the one big batch's.
+    * ``"mean"``: each micro-batch's own mean loss, divided by the number of micro-batches (what a
+      plain accumulation loop does): a token of a micro-batch with few targets weighs more.
 
     ``model`` must already hold the policy's weight dtype (use :func:`padlab.precision.prepare`;
     a ``torch.compile``-d module is passed in as it is); ``scaler`` is
@@ -208,6 +277,23 @@ def train_step(model: nn.Module, batch: Mapping[str, Any], optimizer: torch.opti
         max_grad_norm = check_float("max_grad_norm", max_grad_norm, min_value=0.0, min_inclusive=False)
     if not callable(loss_fn):
         raise fail("loss_fn", loss_fn, "be a callable (model, batch) -> loss")
+    check_choice("normalization", normalization, NORMALIZATIONS)
+    if not isinstance(shift_labels, bool):
+        raise fail("shift_labels", shift_labels, "be True or False")
+    if isinstance(batch, Mapping):
+        micro, n_items = [batch], None   # one batch: the loss function's own normalisation, as always
+    else:
+        micro = list(batch) if isinstance(batch, (list, tuple)) else None
+        if not micro or not all(isinstance(b, Mapping) for b in micro):
+            raise fail("batch", batch, "be a mapping with 'input_ids' (as PaddingCollator makes), "
+                                       "or a non-empty list of them (micro-batches)")
+        n_items = None
+        if normalization == "token":
+            params = inspect.signature(loss_fn).parameters
+            if "num_items_in_batch" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                raise fail("loss_fn", loss_fn, "take num_items_in_batch= for normalization='token' "
+                                               "(as default_loss and causal_lm_loss do)")
+            n_items = sum(count_targets(b, shift=shift_labels) for b in micro)
     first = next(model.parameters(), None)   # one parameter: its device and dtype (cheap on the timed path)
     if first is None:
         raise fail("model", type(model).__name__, "have parameters")
@@ -215,10 +301,11 @@ def train_step(model: nn.Module, batch: Mapping[str, Any], optimizer: torch.opti
     if first.dtype != policy.param_dtype:
         raise fail("model", str(first.dtype), f"hold {policy.param_dtype} weights for policy {policy.name!r} "
                                               "(prepare() casts a copy)")
-    batch = to_device(batch, dev)
+    micro = [to_device(b, dev) for b in micro]
     # TF32 as the policy says for the whole step (forward, backward, optimizer), autocast for the forward only.
     with tf32_context(policy):
-        stats, scale, loss = _step(model, batch, optimizer, policy, scaler, loss_fn, max_grad_norm, measure, dev)
+        stats, scale, loss = _step(model, micro, optimizer, policy, scaler, loss_fn, max_grad_norm, measure, dev,
+                                   normalization, n_items)
     if stats is None:
         nan = math.nan
         return StepRecord(step, nan, None, False, nan, nan, nan, False, measured=False, loss_tensor=loss.detach())
@@ -305,7 +392,8 @@ def train(model: nn.Module, loader: Iterable[Mapping[str, Any]], policy: "str | 
           max_grad_norm: float | None = None, measure_every: int = 1, progress: bool = True,
           lr_schedule: str = "constant", stop_after_nonfinite: int | None = None,
           prepared: Prepared | None = None,
-          on_step: "Callable[[StepRecord, Mapping[str, Any]], None] | None" = None) -> TrainRun:
+          on_step: "Callable[[StepRecord, Mapping[str, Any]], None] | None" = None,
+          accumulation_steps: int = 1, normalization: str = "token", shift_labels: bool = True) -> TrainRun:
     """Train a copy of ``model`` for ``steps`` steps under ``policy``; one :class:`StepRecord` per step.
 
     The copy comes from :func:`prepare` (``model`` itself is not changed) unless ``prepared``
@@ -318,11 +406,16 @@ def train(model: nn.Module, loader: Iterable[Mapping[str, Any]], policy: "str | 
     NaN); the run is then shorter than ``steps``. ``progress`` shows a tqdm bar (keep it out of
     compared notebook output). ``on_step(record, batch)`` is called after each step with the
     batch as the loader gave it (for per-batch bookkeeping such as widths).
+    ``accumulation_steps=k`` makes each optimizer step from ``k`` loader batches (gradient
+    accumulation, normalised as ``normalization`` and ``shift_labels`` say: see :func:`train_step`);
+    ``on_step`` then gets the list of the step's batches.
     """
     steps = check_int("steps", steps, min_value=1)
     measure_every = check_int("measure_every", measure_every, min_value=1)
     stop_after_nonfinite = check_int("stop_after_nonfinite", stop_after_nonfinite, min_value=1, allow_none=True)
     check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
+    accumulation_steps = check_int("accumulation_steps", accumulation_steps, min_value=1)
+    check_choice("normalization", normalization, NORMALIZATIONS)
     if on_step is not None and not callable(on_step):
         raise fail("on_step", on_step, "be a callable (record, batch) -> None")
     if not isinstance(progress, bool):
@@ -341,11 +434,15 @@ def train(model: nn.Module, loader: Iterable[Mapping[str, Any]], policy: "str | 
     # TF32 set once for the run: each step's own tf32_context then finds it set and writes nothing.
     with tf32_context(policy), tqdm(total=steps, desc=policy.name, disable=not progress, leave=False) as bar:
         for i in range(steps):
-            epoch, batch = next(batches)
+            if accumulation_steps == 1:
+                epoch, batch = next(batches)
+            else:
+                drawn = [next(batches) for _ in range(accumulation_steps)]
+                epoch, batch = drawn[-1][0], [b for _, b in drawn]
             run.epochs = epoch + 1
             rec = train_step(prepared.model, batch, prepared.optimizer, policy, prepared.scaler, loss_fn,
                              max_grad_norm=max_grad_norm, measure=(i % measure_every == 0 or i == steps - 1),
-                             step=i)
+                             step=i, normalization=normalization, shift_labels=shift_labels)
             run.records.append(rec)
             if on_step is not None:
                 on_step(rec, batch)
