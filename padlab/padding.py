@@ -185,7 +185,9 @@ class PaddingCollator:
     A dict needs ``"input_ids"``; its ``"labels"`` may be one int/float per example (stacked) or a
     per-token list as long as its ids (truncated with them, padded with ``ignore_index``); any
     other key must hold one int/float per example and is stacked. Every example must have the
-    same keys. The result holds ``input_ids``, ``attention_mask``, ``position_ids``, ``seq_lengths``,
+    same keys. Completion-only labels for fine-tuning a decoder are per-token labels with
+    ``ignore_index`` on the prompt (as :func:`padlab.data.load_instructions` gives them): the pads
+    get ``ignore_index`` too, on either side, so only response tokens are targets. The result holds ``input_ids``, ``attention_mask``, ``position_ids``, ``seq_lengths``,
     ``truncated_tokens`` (see :func:`pad_batch`), then ``labels`` and the other keys.
     """
 

@@ -533,3 +533,77 @@ def test_max_seqlen_is_the_one_int_and_everything_else_a_tensor():
     b = PackedCollator(7)(TINY)
     assert type(b["max_seqlen"]) is int and b["max_seqlen"] == 4
     assert all(isinstance(v, torch.Tensor) for k, v in b.items() if k != "max_seqlen")
+
+
+# ---------------------------------------------------------------------------------------------
+# Causal packing (decoders): the document mask inside the causal mask, restarted positions,
+# no target across a boundary, completion-only labels kept
+# ---------------------------------------------------------------------------------------------
+
+# Two prompt/response pairs in one pack: [CLS]=2 prompt [SEP]=3 response [SEP], labels -100 on the prompt.
+PAIRS = [[{"input_ids": [2, 40, 3, 50, 3], "labels": [-100, -100, -100, 50, 3]},
+          {"input_ids": [2, 41, 3, 51], "labels": [-100, -100, -100, 51]}]]
+
+
+def test_causal_collator_exact_tensors():
+    b = PackedCollator(10, causal=True)(PAIRS)
+    assert b["input_ids"].tolist() == [[2, 40, 3, 50, 3, 2, 41, 3, 51, 0]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3, 0]]
+    assert b["labels"].tolist() == [[-100, -100, -100, 50, 3, -100, -100, -100, 51, -100]]
+    # Drawn by hand: a lower triangle per sequence, the pad query sees itself.
+    assert b["block_mask"].int().tolist() == [[
+        [1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 1, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 1, 1, 0, 0, 0],
+        [0, 0, 0, 0, 0, 1, 1, 1, 0, 0],
+        [0, 0, 0, 0, 0, 1, 1, 1, 1, 0],
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 1]]]
+    # A response starting a sequence: its first label is dropped (it would be predicted by the
+    # previous sequence's last token once the model shifts labels left).
+    b = PackedCollator(6, causal=True)([[{"input_ids": [7, 8], "labels": [7, 8]},
+                                         {"input_ids": [9, 10, 11], "labels": [9, 10, 11]}]])
+    assert b["labels"].tolist() == [[-100, 8, -100, 10, 11, -100]]
+    assert PackedCollator(6)([[{"input_ids": [7, 8], "labels": [7, 8]}]])["labels"].tolist() == [[7, 8, -100, -100, -100, -100]]
+    assert "causal=True" in repr(PackedCollator(6, causal=True))
+
+
+def test_causal_block_mask_equals_causal_attention_alone():
+    torch.manual_seed(1)
+    seqs = [[3, 5, 7, 11], [2, 4], [6, 8, 10], [1, 9, 12, 13, 14]]
+    b = PackedCollator(9, causal=True)([[seqs[0], seqs[1]], [seqs[2], seqs[3]]])
+    emb = torch.randn(16, 8)
+
+    def attend(ids, mask=None, causal=False):
+        x = emb[ids]
+        return F.scaled_dot_product_attention(x, x, x, attn_mask=mask, is_causal=causal)
+
+    am = b["attention_mask"].bool()
+    alone = torch.cat([attend(torch.tensor(s), causal=True) for s in seqs])
+    torch.testing.assert_close(attend(b["input_ids"], b["block_mask"])[am], alone, rtol=1e-5, atol=1e-6)
+    # Negative controls: the document mask alone (not causal), and the causal mask alone (no document mask).
+    doc_only = PackedCollator(9)([[seqs[0], seqs[1]], [seqs[2], seqs[3]]])["block_mask"]
+    assert (attend(b["input_ids"], doc_only)[am] - alone).abs().max() > 1e-2
+    causal_only = torch.ones(9, 9, dtype=torch.bool).tril()[None] & am[:, None, :]
+    off = (attend(b["input_ids"], causal_only)[am] - alone).abs()
+    assert off[:4].max() < 1e-6 and off[4:6].max() > 1e-2   # the first sequence is fine, the second sees it
+
+
+@FAST
+@given(packs_of_sequences())
+def test_property_causal_labels_and_mask(inp):
+    capacity, packs = inp
+    ex = [[{"input_ids": s, "labels": [t + 1000 for t in s]} for s in pk] for pk in packs]
+    b = PackedCollator(capacity, causal=True)(ex)
+    am = b["attention_mask"].bool()
+    first = b["position_ids"] == 0
+    assert (b["labels"][am & first] == -100).all() and (b["labels"][~am] == -100).all()
+    assert torch.equal(b["labels"][am & ~first], b["input_ids"][am & ~first] + 1000)
+    sid = b["seq_ids"]
+    q = torch.arange(capacity)
+    want = (sid[:, :, None] == sid[:, None, :]) & (q[None, :, None] >= q[None, None, :]) & am[:, :, None]
+    want |= torch.eye(capacity, dtype=torch.bool)[None] & ~am[:, :, None]
+    assert torch.equal(b["block_mask"], want)

@@ -450,3 +450,35 @@ def test_every_collated_value_is_a_tensor():
     assert set(b) == {"input_ids", "attention_mask", "position_ids", "seq_lengths", "truncated_tokens",
                       "labels", "weight"}
     assert all(isinstance(v, torch.Tensor) for v in b.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Completion-only labels (decoder fine-tuning): -100 on the prompt and on the pads
+# ---------------------------------------------------------------------------------------------
+
+def test_completion_only_labels_by_hand_both_sides():
+    ex = [{"input_ids": [2, 40, 3, 50, 51, 3], "labels": [-100, -100, -100, 50, 51, 3]},
+          {"input_ids": [2, 41, 42, 3, 52, 3], "labels": [-100, -100, -100, -100, 52, 3]},
+          {"input_ids": [2, 43, 3, 53], "labels": [-100, -100, -100, 53]}]
+    r = PaddingCollator()(ex)
+    eq(r["labels"], T([[-100, -100, -100, 50, 51, 3], [-100, -100, -100, -100, 52, 3],
+                       [-100, -100, -100, 53, -100, -100]]))
+    left = PaddingCollator(padding_side="left")(ex)
+    eq(left["input_ids"], T([[2, 40, 3, 50, 51, 3], [2, 41, 42, 3, 52, 3], [0, 0, 2, 43, 3, 53]]))
+    eq(left["labels"], T([[-100, -100, -100, 50, 51, 3], [-100, -100, -100, -100, 52, 3],
+                          [-100, -100, -100, -100, -100, 53]]))
+    # Truncation keeps labels on their ids: the right side drops the end of the response.
+    cut = PaddingCollator(max_length=5)(ex)
+    eq(cut["labels"], T([[-100, -100, -100, 50, 51], [-100, -100, -100, -100, 52], [-100, -100, -100, 53, -100]]))
+
+
+def test_completion_only_labels_of_the_shipped_pairs_match_a_loop():
+    from padlab.data import load_instructions
+    pairs = load_instructions()
+    idx = [0, 17, 4_000, 90_001]
+    b = PaddingCollator()([pairs[i] for i in idx])
+    width = b["input_ids"].shape[1]
+    for row, i in enumerate(idx):
+        ids, p = pairs.ids(i).tolist(), int(pairs.prompt_lengths[i])
+        want = [-100] * p + ids[p:] + [-100] * (width - len(ids))   # the plain reference
+        assert b["labels"][row].tolist() == want

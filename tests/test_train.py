@@ -255,3 +255,128 @@ def test_tf32_follows_the_policy_through_the_whole_step(policy, tf32):
         assert torch.backends.cuda.matmul.allow_tf32 is (not tf32)
     assert seen == [("forward", tf32), ("backward", tf32)]
     assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+# ----------------------------------------------------------------------------- accumulation (decoder)
+
+def _tiny_llama():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=8192, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                                   attn_implementation="eager")
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def _pairs(n=7, seed=5):
+    from padlab import data
+    pairs = data.load_instructions()
+    idx = np.random.default_rng(seed).choice(len(pairs), n, replace=False)
+    return [pairs[int(i)] for i in idx]
+
+
+def _reference_grads(model, examples):
+    # The plain reference: every example alone, its summed next-token loss over response targets,
+    # all divided by the targets of the whole step. Written out here, not taken from padlab.
+    model.zero_grad(set_to_none=True)
+    n = sum(sum(1 for t in e["labels"][1:] if t != -100) for e in examples)
+    for e in examples:
+        ids = torch.tensor([e["input_ids"]])
+        logits = model(ids, use_cache=False).logits[0, :-1]
+        target = torch.tensor(e["labels"][1:])
+        keep = target != -100
+        loss = torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum") / n
+        loss.backward()
+    return [p.grad.clone() for p in model.parameters()], n
+
+
+def _micro_batches(examples):
+    # Three micro-batches of different sizes and layouts: right padding, left padding, and packs
+    # (PackedCollator, causal) fed to the model as a 4-D additive mask with restarted positions.
+    from padlab.packing import PackedCollator
+    from padlab.padding import PaddingCollator
+    right = PaddingCollator()(examples[:3])
+    left = PaddingCollator(padding_side="left")(examples[3:4])
+    packed = PackedCollator(64, causal=True)([examples[4:6], examples[6:]])
+    neg = torch.finfo(torch.float32).min
+    additive = torch.zeros(packed["block_mask"].shape).masked_fill(~packed["block_mask"], neg)[:, None]
+    packs = {"input_ids": packed["input_ids"], "labels": packed["labels"], "position_ids": packed["position_ids"],
+             "attention_mask": additive}
+    return [{k: right[k] for k in ("input_ids", "attention_mask", "position_ids", "labels")},
+            {k: left[k] for k in ("input_ids", "attention_mask", "position_ids", "labels")}, packs]
+
+
+@pytest.mark.parametrize("loss_fn", [train.causal_lm_loss, train.default_loss])
+def test_accumulated_step_equals_the_unpacked_full_batch_gradient(loss_fn):
+    model = _tiny_llama()
+    examples = _pairs()
+    ref, n = _reference_grads(model, examples)
+    micro = _micro_batches(examples)
+    assert sum(train.count_targets(b) for b in micro) == n
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    rec = train.train_step(model, micro, opt, "fp32", loss_fn=loss_fn)
+    got = [p.grad for p in model.parameters()]
+    scale = max(float(g.abs().max()) for g in ref)
+    assert max(float((a - b).abs().max()) for a, b in zip(got, ref)) <= 1e-5 * scale
+    assert np.isfinite(rec.loss)
+    # Negative control: each micro-batch's own mean, averaged over micro-batches.
+    opt.zero_grad()
+    train.train_step(model, micro, opt, "fp32", loss_fn=loss_fn, normalization="mean")
+    diff = max(float((p.grad - b).abs().max()) for p, b in zip(model.parameters(), ref))
+    assert diff > 1e-2 * scale
+
+
+def test_accumulated_loss_is_the_step_per_token_mean():
+    model = _tiny_llama()
+    examples = _pairs()
+    micro = _micro_batches(examples)
+    with torch.no_grad():
+        sums = [float(train.causal_lm_loss(model, b, num_items_in_batch=1)) for b in micro]
+        means = [float(train.causal_lm_loss(model, b)) for b in micro]
+    counts = [train.count_targets(b) for b in micro]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    rec = train.train_step(model, micro, opt, "fp32", loss_fn=train.causal_lm_loss)
+    assert rec.loss == pytest.approx(sum(sums) / sum(counts), rel=1e-5)
+    assert sums == pytest.approx([m * c for m, c in zip(means, counts)], rel=1e-5)
+    rec = train.train_step(model, micro, opt, "fp32", loss_fn=train.causal_lm_loss, normalization="mean")
+    assert rec.loss == pytest.approx(sum(means) / 3, rel=1e-5)
+
+
+def test_count_targets_by_hand():
+    labels = torch.tensor([[-100, -100, 5, 6], [-100, 7, -100, -100]])
+    assert train.count_targets({"labels": labels}) == 3          # the shift drops column 0
+    assert train.count_targets({"labels": labels}, shift=False) == 3
+    assert train.count_targets({"labels": torch.tensor([[4, -100, 5]])}) == 1
+    assert train.count_targets({"labels": torch.tensor([[4, -100, 5]])}, shift=False) == 2
+
+
+def test_train_accumulates_loader_batches():
+    model = _tiny_llama()
+    examples = _pairs()
+    micro = _micro_batches(examples)
+    seen = []
+    run = train.train(model, micro, "fp32", 1, "cpu", loss_fn=train.causal_lm_loss, accumulation_steps=3,
+                      progress=False, optimizer_factory=lambda ps: torch.optim.SGD(ps, lr=0.0),
+                      on_step=lambda r, b: seen.append(len(b)))
+    assert seen == [3]
+    ref = train.train_step(model, micro, torch.optim.SGD(model.parameters(), lr=0.0), "fp32",
+                           loss_fn=train.causal_lm_loss)
+    assert run[0].loss == pytest.approx(ref.loss, rel=1e-6)
+
+
+def test_bad_accumulation_arguments():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    b = _batch()
+    with pytest.raises(ValueError, match=r"normalization must be one of 'token', 'mean'; got 'sum'"):
+        train.train_step(model, [b], opt, "fp32", normalization="sum")
+    with pytest.raises(ValueError, match=r"batch must be a mapping with 'input_ids'.*or a non-empty list"):
+        train.train_step(model, [], opt, "fp32")
+    with pytest.raises(ValueError, match=r"loss_fn must take num_items_in_batch="):
+        train.train_step(model, [b], opt, "fp32", loss_fn=lambda m, x: m(x["input_ids"]).sum())
+    with pytest.raises(ValueError, match=r"shift_labels must be True or False"):
+        train.train_step(model, [b], opt, "fp32", shift_labels=1)
+    with pytest.raises(ValueError, match=r"accumulation_steps must be an integer >= 1"):
+        train.train(model, [b], "fp32", 1, "cpu", accumulation_steps=0, progress=False)
+    with pytest.raises(ValueError, match=r"batch\['labels'\] must be per-token labels"):
+        train.count_targets({"labels": torch.tensor([1, 2])})
