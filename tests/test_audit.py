@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -262,3 +263,23 @@ def test_report_is_self_contained_html(tmp_path, texts, capsys):
     assert page.count('src="data:image/png;base64,') == 2
     assert not re.search(r'src="(?!data:)', page) and "<link" not in page
     assert "Recommendation:" in page
+
+
+def test_counts_across_encode_batch_chunks(tmp_path, reference):
+    """More documents than one encode_batch chunk (2048): lengths stay in file order across chunks."""
+    glosses = list(load_corpus("wordnet").subset(5000, seed=5).texts)
+    r = audit(_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in glosses]))
+    np.testing.assert_array_equal(r.lengths, reference(glosses))
+
+
+def test_progress_bar_on_stderr(tmp_path, texts, capsys):
+    audit(_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in texts[:30]]), progress=True)
+    assert "audit d.jsonl" in capsys.readouterr().err
+
+
+def test_parquet_without_pyarrow_says_so(tmp_path, monkeypatch):
+    (tmp_path / "d.parquet").write_bytes(b"PAR1")
+    for name in ("pyarrow", "pyarrow.ipc", "pyarrow.parquet"):
+        monkeypatch.setitem(sys.modules, name, None)  # import then raises ImportError
+    with pytest.raises(PadlabError, match=r"reading Parquet needs pyarrow, which is not installed here"):
+        audit(tmp_path / "d.parquet")

@@ -11,6 +11,7 @@ the default call with the cache on attends across sequences in every causal fami
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -178,6 +179,24 @@ def test_oracle(family, impl, glosses):
     assert not neg.ok and neg.method == "none" and neg.logits_diff > 1e-2
 
 
+def test_boolean_4d_mask_is_misread_under_eager_the_additive_one_is_not(glosses):
+    """Why the collator's mask is additive float: eager adds the mask to the scores, so a boolean mask
+    (True = attend) becomes +1/+0 and blocks nothing; sdpa reads booleans correctly."""
+    seqs = glosses[:3]
+    lens = [len(s) for s in seqs]
+    flat = torch.tensor([sum(seqs, [])])
+    pos = torch.tensor([[p for n in lens for p in range(n)]])
+    additive = additive_document_mask(lens)
+    for impl, bool_ok in (("eager", False), ("sdpa", True)):
+        model = tiny("llama", impl).eval()
+        with torch.no_grad():
+            alone = torch.cat([model(input_ids=torch.tensor([s]), use_cache=False).logits[0] for s in seqs])
+            good = model(input_ids=flat, position_ids=pos, attention_mask=additive, use_cache=False).logits[0]
+            boolean = model(input_ids=flat, position_ids=pos, attention_mask=additive == 0, use_cache=False).logits[0]
+        assert float((good - alone).abs().max()) < 1e-4, impl
+        assert (float((boolean - alone).abs().max()) < 1e-4) is bool_ok, impl
+
+
 def test_oracle_on_a_family_it_was_not_written_for(glosses):
     """Any causal LM taking position_ids: Mistral (sliding-window masks) through the same code path."""
     torch.manual_seed(0)
@@ -219,7 +238,7 @@ FLEX = textwrap.dedent("""
 @pytest.mark.slow
 def test_oracle_flex_attention_in_a_subprocess(glosses):
     """flex_attention is compiled on the CPU (slow) and some mask misuse aborts the process: run it apart."""
-    if not hasattr(torch.nn.attention, "flex_attention"):
+    if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
         pytest.skip("this torch has no flex_attention")
     p = subprocess.run([sys.executable, "-c", FLEX, json.dumps(glosses[:3])], capture_output=True, text=True,
                        timeout=600)
