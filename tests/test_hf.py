@@ -85,6 +85,14 @@ def test_collator_equals_flattening_property(seqs):
     assert_same_batch(PaddingFreeCollator()(examples), flattening(examples))
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.lists(st.integers(0, 500), min_size=1, max_size=6), min_size=1, max_size=3),
+                min_size=1, max_size=4))
+def test_packed_mode_equals_flattening_of_the_packs_examples_property(packs):
+    batch = [[{"input_ids": s} for s in pack] for pack in packs]
+    assert_same_batch(PaddingFreeCollator(packed=True)(batch), flattening([e for p in batch for e in p]))
+
+
 def test_truncation_keeps_the_first_tokens():
     out = PaddingFreeCollator(max_length=2, truncation=True)([[1, 2, 3], [4, 5]])
     assert out["input_ids"].tolist() == [[1, 2, 4, 5]] and out["position_ids"].tolist() == [[0, 1, 0, 1]]
