@@ -6,8 +6,8 @@ batches through ``tokenizers`` (``encode_batch``: no Python loop per token), kee
 per document (never the ids), and measures the strategies of :mod:`padlab.strategies` on those
 lengths, exactly as ``padlab waste`` does for the shipped corpora. The user's file is only read.
 
-Formats (chosen from the name, or ``fmt``): JSON Lines (``.jsonl``, ``.ndjson``, ``.json``;
-``field`` names the text, or a list of chat messages whose contents are joined), CSV/TSV
+Formats (chosen from the name, or ``fmt``): JSON Lines (``.jsonl``, ``.ndjson``, ``.json``; a ``.json``
+file holding one array of objects is read whole; ``field`` names the text, or a list of chat messages whose contents are joined), CSV/TSV
 (``field`` names the column), plain text (``.txt``: one document per non-blank line; a folder
 of ``.txt`` files: one document per file), Parquet (``.parquet``, needs ``pyarrow``) and a
 ``datasets`` folder written by ``save_to_disk`` (needs ``pyarrow``). A ``.gz`` suffix is
@@ -96,6 +96,10 @@ def load_tokenizer(tokenizer: str | Path | None = None):
 # ----------------------------------------------------------------------------- reading
 
 def _detect(path: Path) -> str:
+    if path.is_dir() and (path / "dataset_dict.json").is_file():
+        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        raise PadlabError(f"{path}: a datasets DatasetDict; pass one split's folder "
+                          f"({', '.join(str(path / s) for s in splits[:4])})")
     if path.is_dir():
         if (path / "state.json").is_file() or (path / "dataset_info.json").is_file():
             return "datasets"
@@ -115,15 +119,12 @@ def _open_binary(path: Path):
 
 def _decoded_lines(path: Path, progress) -> Iterator[tuple[int, str]]:
     """(line number from 1, text) of each line; a line that is not UTF-8 is an error naming it."""
-    with _open_binary(path) as fh:
-        for n, raw in enumerate(fh, start=1):
-            if progress is not None:
-                progress.update(len(raw))
-            try:
-                yield n, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise PadlabError(f"{path}:{n}: bytes that are not UTF-8 at column {e.start + 1} "
-                                  f"({raw[e.start:e.start + 4]!r}); re-encode the file as UTF-8") from None
+    for n, raw in _raw_lines(path, progress):
+        try:
+            yield n, raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PadlabError(f"{path}:{n}: bytes that are not UTF-8 at column {e.start + 1} "
+                              f"({raw[e.start:e.start + 4]!r}); re-encode the file as UTF-8") from None
 
 
 def _message_text(value: Any) -> str:
@@ -149,7 +150,43 @@ def _text_of(value: Any, field: str) -> str:
     raise _Skip(f"field {field!r} is {type(value).__name__}, not text or a list of chat messages")
 
 
+def _json_array(path: Path, field: str, progress) -> Iterator[tuple[int, Any]]:
+    """A ``.json`` file holding one array of objects (read whole: convert big ones to JSON Lines)."""
+    raw = b"".join(raw for _, raw in _raw_lines(path, progress))
+    try:
+        items = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise PadlabError(f"{path}:{line}: bytes that are not UTF-8 ({raw[e.start:e.start + 4]!r})") from None
+    except json.JSONDecodeError as e:
+        raise PadlabError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+    for i, obj in enumerate(items, start=1):
+        if not isinstance(obj, dict):
+            yield i, _Skip(f"item {i} is a JSON {type(obj).__name__}, not an object")
+        elif field not in obj:
+            yield i, _Skip(f"item {i} has no field {field!r} (keys: {sorted(obj)[:8]})")
+        else:
+            yield i, obj[field]
+
+
+def _raw_lines(path: Path, progress) -> Iterator[tuple[int, bytes]]:
+    with _open_binary(path) as fh:
+        for n, raw in enumerate(fh, start=1):
+            if progress is not None:
+                progress.update(len(raw))
+            yield n, raw
+
+
+def _starts_with_array(path: Path) -> bool:
+    with _open_binary(path) as fh:
+        head = fh.read(4096).lstrip()
+    return head[:1] == b"["
+
+
 def _jsonl(path: Path, field: str, progress) -> Iterator[tuple[int, Any]]:
+    if _starts_with_array(path):
+        yield from _json_array(path, field, progress)
+        return
     for n, line in _decoded_lines(path, progress):
         if not line.strip():
             continue

@@ -283,3 +283,14 @@ def test_parquet_without_pyarrow_says_so(tmp_path, monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)  # import then raises ImportError
     with pytest.raises(PadlabError, match=r"reading Parquet needs pyarrow, which is not installed here"):
         audit(tmp_path / "d.parquet")
+
+
+def test_json_array_file_and_datasetdict_folder(tmp_path, texts, reference):
+    f = tmp_path / "d.json"
+    f.write_text(json.dumps([{"text": t} for t in texts[:15]], indent=1), encoding="utf-8")
+    np.testing.assert_array_equal(audit(f).lengths, reference(texts[:15]))
+    datasets = pytest.importorskip("datasets")
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts[:5]})}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(PadlabError, match=r"dd: a datasets DatasetDict; pass one split's folder \(.*dd/train\)"):
+        audit(tmp_path / "dd")
+    np.testing.assert_array_equal(audit(tmp_path / "dd" / "train").lengths, reference(texts[:5]))
