@@ -123,15 +123,15 @@ class PaddingFreeCollator:
                 f"truncation={self.truncation}, ignore_index={self.ignore_index}, attention={self.attention!r}, "
                 f"causal={self.causal})")
 
-    def _examples(self, batch: Any) -> tuple[list[Any], list[str]]:
+    def _examples(self, batch: Any) -> tuple[list[Any], list[str], list[int]]:
         if isinstance(batch, (str, bytes, Mapping)) or isinstance(batch, numbers.Number) or batch is None:
             raise fail("examples", batch, "be a list of " + ("packs" if self.packed else "examples"))
         batch = list(batch)
         if not batch:
             raise fail("examples", batch, "hold at least one " + ("pack" if self.packed else "example"))
         if not self.packed:
-            return batch, [f"examples[{i}]" for i in range(len(batch))]
-        out, names = [], []
+            return batch, [f"examples[{i}]" for i in range(len(batch))], [len(batch)]
+        out, names, sizes = [], [], []
         for p, pk in enumerate(batch):
             if isinstance(pk, (str, bytes, Mapping)) or isinstance(pk, numbers.Number) or pk is None:
                 raise fail(f"packs[{p}]", pk, "be a list of examples")
@@ -140,10 +140,11 @@ class PaddingFreeCollator:
                 raise fail(f"packs[{p}]", pk, "hold at least one example")
             out.extend(pk)
             names.extend(f"packs[{p}][{j}]" for j in range(len(pk)))
-        return out, names
+            sizes.append(len(pk))
+        return out, names, sizes
 
     def __call__(self, batch: Sequence[Any]) -> dict[str, Any]:
-        examples, names = self._examples(batch)
+        examples, names, pack_sizes = self._examples(batch)
         ids, labels = [], []
         for e, nm in zip(examples, names):
             if isinstance(e, Mapping):
@@ -167,7 +168,7 @@ class PaddingFreeCollator:
             labels.append(a if lab is None else lab.astype(np.int64))
         lens = np.fromiter((a.size for a in ids), dtype=np.int64, count=len(ids))
         if self.packed and self.capacity is not None:
-            sizes = np.add.reduceat(lens, np.r_[0, np.cumsum([len(list(p)) for p in batch])[:-1]])
+            sizes = np.add.reduceat(lens, np.r_[0, np.cumsum(pack_sizes)[:-1]])
             if sizes.max() > self.capacity:
                 p = int(np.argmax(sizes > self.capacity))
                 raise fail(f"packs[{p}]", f"{int(sizes[p])} tokens", f"fit in capacity={self.capacity} tokens")
