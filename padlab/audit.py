@@ -348,7 +348,7 @@ def document_lengths(path: str | Path, tokenizer: Any, *, field: str = "text", f
     if progress:
         from tqdm.auto import tqdm
 
-        arrow = path.is_dir() and _detect(path) == "datasets" or path.name.lower().endswith(".parquet")
+        arrow = (fmt or _detect(path)) in ("parquet", "datasets")
         total = None if arrow else (sum(p.stat().st_size for p in path.rglob("*.txt")) if path.is_dir()
                                     else path.stat().st_size)
         bar = tqdm(total=total, unit="row" if arrow else "B", unit_scale=True, desc=f"audit {path.name}",

@@ -12,7 +12,9 @@ who calls ``set_epoch``:
   :func:`train_loop` calls ``set_epoch`` (copy it: it is the whole recipe);
 * Hugging Face ``transformers.Trainer``: :func:`hf_trainer_with_bucketing` returns a Trainer
   whose ``get_train_dataloader`` builds the loader (rank and world size from the Trainer's
-  arguments); the Trainer calls ``set_epoch`` through accelerate;
+  arguments); the Trainer calls ``set_epoch`` through accelerate. With ``padding_free=True`` or
+  ``capacity=`` a causal LM trains on unpadded rows in transformers' padding-free format
+  (:class:`padlab.hf.PaddingFreeCollator`), called with ``use_cache=False``;
 * Lightning: :func:`lightning_datamodule` returns a ``LightningDataModule``; Lightning calls
   ``set_epoch`` on ``dataloader.batch_sampler.sampler`` only, so the sampler is wrapped in
   :class:`EpochForwarding`. Build the Trainer with ``use_distributed_sampler=False``: the
