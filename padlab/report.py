@@ -1,8 +1,9 @@
-"""The audit's pictures and its self-contained HTML page (``padlab audit --report PATH.html``).
+"""The audit's self-contained HTML page (``padlab audit --report PATH.html``).
 
-Plot functions take an :class:`padlab.audit.AuditResult` and return a Figure; they compute no
-waste (the audit did). When the ``viz`` package lands these two functions belong in
-``padlab/viz/audit.py``; the page writer stays here.
+The figures are :mod:`padlab.viz`'s own plot functions, fed what :func:`padlab.audit.audit`
+measured (nothing is computed here): the length histogram, each strategy's efficiency, and
+bucketing's efficiency and eta² against the mega-batch. They are embedded as PNG, so the page
+needs no other file.
 """
 from __future__ import annotations
 
@@ -11,66 +12,29 @@ import html
 import io
 from pathlib import Path
 
-import numpy as np
-
 from ._validate import fail
 
-__all__ = ["length_histogram", "setting_curves", "write_audit_report"]
+__all__ = ["audit_figures", "write_audit_report"]
 
 
-def length_histogram(result):
-    """Histogram of the documents' token counts (log-spaced bins), with ``max_length`` and the percentiles."""
-    import matplotlib.pyplot as plt
+def audit_figures(result) -> dict[str, object]:
+    """The report's figures for an :class:`padlab.audit.AuditResult`, by caption."""
+    from . import viz
 
-    lengths = result.lengths
-    fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
-    hi = max(int(lengths.max()), 2)
-    bins = np.unique(np.geomspace(1, hi + 1, 60).astype(int))
-    ax.hist(lengths, bins=bins, color="#4C72B0")
-    ax.set_xscale("log")
-    ax.axvline(result.max_length, color="#C44E52", ls="--", label=f"max_length {result.max_length}")
-    for k in ("p50", "p99"):
-        v = result.length_percentiles[k]
-        ax.axvline(v, color="0.4", ls=":", lw=1)
-        ax.text(v, ax.get_ylim()[1] * 0.95, f" {k}={v}", fontsize=8, va="top")
-    ax.set_xlabel("tokens per document (log scale)")
-    ax.set_ylabel("documents")
-    ax.set_title(f"{result.documents} documents, {result.tokens + result.truncated_tokens} tokens")
-    ax.legend(loc="upper right", fontsize=8)
-    return fig
-
-
-def setting_curves(result):
-    """Waste against the setting: bucketing efficiency and eta² by mega-batch; token-budget efficiency by budget."""
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
+    name = Path(result.source).name
     sweep = result.mega_batch_sweep
-    labels = [str(s["mega_batch"]) if s["mega_batch"] else "sort" for s in sweep]
-    x = np.arange(len(sweep))
-    a.plot(x, [s["efficiency"] for s in sweep], "o-", label="token efficiency")
-    a.plot(x, [s["attention_efficiency"] for s in sweep], "s-", label="attention efficiency")
-    a.plot(x, [s["eta_squared"] for s in sweep], "^--", color="0.35", label="eta² (length explains batch)")
-    a.axhline(result.recommendation.target_efficiency, color="#C44E52", lw=0.8, ls=":")
-    a.set_xticks(x, labels)
-    a.set_xlabel("mega_batch (pool = mega_batch x batch_size)")
-    a.set_ylim(0, 1.02)
-    a.set_title(f"bucketed, batch_size {result.batch_size}")
-    a.legend(fontsize=8, loc="lower right")
-    budgets = result.max_tokens_sweep
-    b.plot([r["max_tokens"] for r in budgets], [r["efficiency"] for r in budgets], "o-", color="#55A868")
-    b.set_xscale("log")
-    b.set_xticks([r["max_tokens"] for r in budgets], [str(r["max_tokens"]) for r in budgets])
-    b.minorticks_off()
-    b.set_xlabel("max_tokens (token budget per batch)")
-    b.set_ylabel("token efficiency")
-    b.set_ylim(0, 1.02)
-    b.set_title("token-budget")
-    for r in result.strategies:
-        if r["strategy"] in ("fixed", "dynamic", "packed"):
-            b.axhline(r["efficiency"], lw=0.8, ls="--", color="0.5")
-            b.text(b.get_xlim()[0], r["efficiency"], f" {r['strategy']}", fontsize=8, va="bottom", color="0.3")
-    return fig
+    rec = result.recommendation
+    pick = next((s for s in sweep if s["mega_batch"] == rec.settings["mega_batch"]), sweep[-1])
+    return {
+        "Token lengths": viz.length_histogram({name: result.lengths}, max_length=result.max_length),
+        "What each strategy computes that it needs": viz.strategy_efficiency_bars(
+            {name: {r["strategy"]: {"tokens": r["efficiency"], "attention": r["attention_efficiency"]}
+                    for r in result.strategies}}),
+        "Waste against the mega-batch (bucketed)": viz.bucketing_tradeoff(
+            [s["mega_batch"] for s in sweep], {"bucketed": [s["efficiency"] for s in sweep]},
+            {"bucketed": [s["eta_squared"] for s in sweep]}, corpus=name,
+            current=(pick["mega_batch"], pick["efficiency"], pick["eta_squared"])),
+    }
 
 
 def _png(fig) -> str:
@@ -83,7 +47,7 @@ def _png(fig) -> str:
 
 
 def write_audit_report(result, path: str | Path) -> Path:
-    """Write one HTML file with the tables and both figures embedded as PNG (no other file needed)."""
+    """Write one HTML file with the tables and the figures embedded as PNG (no other file needed)."""
     from .audit import tokenizer_note
 
     path = Path(path)
@@ -94,14 +58,19 @@ def write_audit_report(result, path: str | Path) -> Path:
         f"<tr><td>{e(r['strategy'])}</td><td>{r['batches']}</td><td>{r['real_tokens']}</td>"
         f"<td>{r['padded_tokens']}</td><td>{r['efficiency']:.1%}</td><td>{r['attention_efficiency']:.1%}</td>"
         f"<td>{r['truncated_tokens']}</td></tr>" for r in result.strategies)
+    budgets = "".join(f"<tr><td>{b['max_tokens']}</td><td>{b['batches']}</td><td>{b['efficiency']:.1%}</td></tr>"
+                      for b in result.max_tokens_sweep)
     pct = ", ".join(f"{k} {v}" for k, v in result.length_percentiles.items())
     rec = result.recommendation
     settings = ", ".join(f"{k}={v}" for k, v in rec.settings.items())
     skips = "".join(f"<li>{e(s)}</li>" for s in result.skip_reasons)
+    figures = "".join(f'<h2>{e(caption)}</h2><img alt="{e(caption)}" src="data:image/png;base64,{_png(fig)}">'
+                      for caption, fig in audit_figures(result).items())
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>padlab audit: {e(Path(result.source).name)}</title>
-<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{padding:2px 10px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}</style>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:2px 10px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}
+img{{max-width:100%}}</style>
 </head><body>
 <h1>padlab audit: {e(result.source)}</h1>
 <p>{result.documents} documents read, {result.skipped} skipped; {result.tokens} tokens kept at max_length
@@ -113,8 +82,9 @@ td:first-child,th:first-child{{text-align:left}}table{{border-collapse:collapse}
 <h2>Strategies (batch_size {result.batch_size}, max_length {result.max_length})</h2>
 <table><tr><th>strategy</th><th>batches</th><th>real</th><th>padded</th><th>efficiency</th><th>attn eff</th>
 <th>truncated</th></tr>{rows}</table>
-<h2>Lengths</h2><img alt="length histogram" src="data:image/png;base64,{_png(length_histogram(result))}">
-<h2>Waste against the setting</h2><img alt="waste vs setting" src="data:image/png;base64,{_png(setting_curves(result))}">
+<h2>Token budgets (token-budget, mega_batch {rec.settings['mega_batch'] or 'sort'})</h2>
+<table><tr><th>max_tokens</th><th>batches</th><th>efficiency</th></tr>{budgets}</table>
+{figures}
 </body></html>
 """
     path.write_text(page, encoding="utf-8")

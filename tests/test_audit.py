@@ -260,7 +260,7 @@ def test_report_is_self_contained_html(tmp_path, texts, capsys):
     out = tmp_path / "report.html"
     assert main(["audit", str(f), "--report", str(out), "--no-progress"]) == 0
     page = out.read_text()
-    assert page.count('src="data:image/png;base64,') == 2
+    assert page.count('src="data:image/png;base64,') == 3
     assert not re.search(r'src="(?!data:)', page) and "<link" not in page
     assert "Recommendation:" in page
 
