@@ -161,6 +161,7 @@ FAMILIES = {"llama": (True, True, True), "qwen2": (True, True, True), "gpt2": (F
             "bert": (False, False, False)}
 
 
+@pytest.mark.slow  # 8 models x 2 oracle runs: a minute or two on a busy 2-core CPU
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_oracle(family, impl, glosses):
