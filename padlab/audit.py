@@ -473,8 +473,8 @@ def _mega_sweep(lengths: np.ndarray, batch_size: int, max_length: int, seed: int
 
     rows = []
     for m in MEGA_BATCHES:
-        if m and m * batch_size >= 2 * len(lengths):
-            continue  # a pool beyond the dataset is a full sort, measured as m = 0
+        if m and m * batch_size >= len(lengths):
+            continue  # a pool as large as the dataset is a full sort: the `sorted` strategy, measured as m = 0
         t = bucket_tradeoff(lengths, batch_size=batch_size, max_length=max_length, mega_batch=m or None, seed=seed)
         rows.append({"mega_batch": m, "efficiency": t.efficiency, "attention_efficiency": t.attention_efficiency,
                      "eta_squared": t.eta_squared})
@@ -513,9 +513,9 @@ def recommend(rows: list[dict[str, Any]], sweep: list[dict[str, float]], *, batc
                               "sorting by length would buy little and cost randomness.")
     if reach:
         m = settings["mega_batch"]
-        pool = "a full sort" if m == 0 else f"pools of {m} x {batch_size} documents"
-        return Recommendation("bucketed", settings, float(pick["efficiency"]), target_efficiency,
-                              f"Random batches compute only {dyn:.0%} real tokens; bucketing in {pool} reaches "
+        pool = "one global length sort" if m == 0 else f"pools of {m} x {batch_size} documents"
+        return Recommendation("sorted" if m == 0 else "bucketed", settings, float(pick["efficiency"]), target_efficiency,
+                              f"Random batches compute only {dyn:.0%} real tokens; {'sorting by length in' if m == 0 else 'bucketing in'} {pool} reaches "
                               f"{pick['efficiency']:.0%} while batch membership explains eta^2 = "
                               f"{pick['eta_squared']:.2f} of the length variance (random batches: about "
                               f"{1 / batch_size:.2f}).")

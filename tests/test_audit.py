@@ -245,8 +245,18 @@ def test_recommendation_rule_by_hand():
     assert (r.strategy, r.settings["mega_batch"], r.settings["eta_squared"], r.efficiency) == ("bucketed", 64, 0.95, 0.93)
     r = recommend(rows, sweep, batch_size=32, max_length=128, max_tokens=1000, target_efficiency=0.99)
     assert (r.strategy, r.efficiency) == ("packed", 0.99) and "check_packing" in r.why
+    # Only a global sort reaches 0.95: that is the `sorted` strategy, named as such, not a bucketing pool.
+    r = recommend(rows, sweep, batch_size=32, max_length=128, max_tokens=1000, target_efficiency=0.95)
+    assert (r.strategy, r.settings["mega_batch"], r.efficiency) == ("sorted", 0, 0.97) and "global length sort" in r.why
     rows[1] = _row("dynamic", 0.95)
     assert recommend(rows, sweep, batch_size=32, max_length=128, max_tokens=1000).strategy == "dynamic"
+
+
+def test_sweep_counts_a_pool_as_large_as_the_data_as_a_full_sort():
+    from padlab.audit import _mega_sweep  # noqa: PLC2701 - the sweep is the audit's own helper, tested here
+    lengths = np.arange(1, 101)  # 100 documents, batches of 8: pools of >= 13 x 8 cover them all
+    ms = [row["mega_batch"] for row in _mega_sweep(lengths, 8, 512, seed=0)]
+    assert ms == [1, 2, 4, 8, 0]
 
 
 def test_uniform_lengths_recommend_dynamic(tmp_path, texts):
