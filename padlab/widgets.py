@@ -26,7 +26,7 @@ from . import viz
 from ._validate import check_choice, check_int, fail
 # Chapter 07's readers of the shipped benchmark JSON.
 from .experiments.results import best_row, result_for_work, row_label, speedups
-from .data import CORPORA, load_corpus
+from .data import CORPORA, load_corpus, load_instructions
 from .floats import FORMATS, FloatBits, FloatFormat, decompose, decompose_many, from_bits, get_format
 from .packing import ALGORITHMS, pack
 from .strategies import bucket_tradeoff, waste_table
@@ -614,3 +614,66 @@ def bench_widget(precision: str = "bf16-amp", work: str = "tokens") -> W.VBox:
     mode.observe(new_work, names="value")
     update()
     return W.VBox([_row(mode, pick), readout, out])
+
+
+# --- chapter 08: fine-tuning a decoder --------------------------------------------------------
+
+#: Which lengths of the WordNet pairs the SFT widget batches (the model reads prompt and response).
+SFT_LENGTHS = ("prompt + response", "prompt", "response")
+#: The strategies the SFT widget compares (rows of :func:`padlab.strategies.waste_table`).
+SFT_STRATEGIES = ("fixed", "dynamic", "bucketed", "token-budget", "packed", "packed-varlen")
+#: The SFT widget's max_length (row width, the pack capacity) slider: (min, max, step).
+SFT_MAX_LENGTH_RANGE = (32, 256, 16)
+
+
+def _sft_lengths(which: str) -> np.ndarray:
+    pairs = load_instructions("wordnet-define")
+    return {"prompt + response": pairs.lengths, "prompt": pairs.prompt_lengths,
+            "response": pairs.response_lengths}[which]
+
+
+def _sft_text(controls: Mapping[str, Any]) -> str:
+    which, batch_size, max_length = controls["lengths"], controls["batch size"], controls["max_length"]
+    reports = waste_table(_sft_lengths(which), SFT_STRATEGIES, batch_size=batch_size, max_length=max_length)
+    rows = "; ".join(f"{r.strategy} {r.efficiency:.1%}" for r in reports)
+    return (f"wordnet-define {which}, batch size {batch_size}, max_length {max_length}: "
+            f"real over computed tokens: {rows}")
+
+
+READOUTS["sft_waste_widget"] = _sft_text
+
+
+def sft_waste_widget(lengths: str = "prompt + response", batch_size: int = 16, max_length: int = 128) -> W.VBox:
+    """Supervised fine-tuning on the WordNet pairs: which lengths (prompt, response or both), the batch
+    size and ``max_length`` (the row width; the pack capacity); the readout and the bars are the
+    :data:`SFT_STRATEGIES` rows of :func:`padlab.strategies.waste_table`, drawn by
+    :func:`padlab.viz.strategy_efficiency_bars`."""
+    check_choice("lengths", lengths, SFT_LENGTHS)
+    check_choice("batch_size", batch_size, BATCH_SIZE_GRID)
+    lo, hi, step = SFT_MAX_LENGTH_RANGE
+    max_length = check_int("max_length", max_length, min_value=lo)
+    if max_length > hi or max_length % step:
+        raise fail("max_length", max_length, f"be a multiple of {step} from {lo} to {hi} (the slider's range)")
+    pick = W.Dropdown(style=LABEL_STYLE, options=list(SFT_LENGTHS), value=lengths, description="lengths")
+    size = W.SelectionSlider(style=LABEL_STYLE, options=list(BATCH_SIZE_GRID), value=batch_size,
+                             description="batch size", continuous_update=False)
+    width = W.IntSlider(style=LABEL_STYLE, value=max_length, min=lo, max=hi, step=step, description="max_length",
+                        continuous_update=False)
+    readout = W.HTML()
+    readout.add_class("padlab-readout")
+    out = W.Image(format="png")
+
+    def update(_=None) -> None:
+        controls = {"lengths": pick.value, "batch size": size.value, "max_length": width.value}
+        readout.value = _sft_text(controls)
+        reports = waste_table(_sft_lengths(pick.value), SFT_STRATEGIES, batch_size=size.value,
+                              max_length=width.value)
+        table = {f"wordnet-define, {pick.value}": {r.strategy: {"tokens": r.efficiency,
+                                                                "attention": r.attention_efficiency}
+                                                   for r in reports}}
+        show_png(out, viz.strategy_efficiency_bars(table, title=f"batch size {size.value}, max_length {width.value}"))
+
+    for control in (pick, size, width):
+        control.observe(update, names="value")
+    update()
+    return W.VBox([_row(pick, size, width), readout, out])
