@@ -1,0 +1,336 @@
+"""Fine-tuning a decoder (issue 14 item 5): padlab's batches against the transformers recipe, one run.
+
+Every row trains the same Llama (built from a config, random weights, the shipped tokenizer's
+vocabulary) from the same initial weights on the WordNet prompt/response pairs
+(``padlab.data.load_instructions``, completion-only labels), under the same precision policy,
+optimizer (AdamW, fused) and compile setting, with about ``--max-tokens`` real tokens a step:
+
+* ``fixed``, ``dynamic``, ``bucketed``, ``token-budget``: padlab's strategies
+  (:func:`padlab.strategies.plan`) through :class:`padlab.padding.PaddingCollator`;
+* ``packed (<attn>)``: padlab's FFD packs through :class:`padlab.hf.PaddingFreeCollator` (one row,
+  restarted positions, ``use_cache=False``) under each attention implementation that passed the oracle;
+  ``packed-mask (sdpa)``: :class:`padlab.packing.PackedCollator` ``(causal=True)`` rows with their
+  causal document mask as an additive 4-D mask;
+* ``hf-length-grouped``: transformers' ``LengthGroupedSampler`` with ``DataCollatorForSeq2Seq``
+  (dynamic padding of ids and labels);
+* ``hf-flattening (<attn>)``: ``DataCollatorWithFlattening`` (padding-free) with ``use_cache=False``
+  under ``sdpa`` and ``flex_attention``, each only after :func:`padlab.hf.check_packing` passed on
+  this model under that implementation (the oracle's result is stored with the run).
+
+Each row reports real (prompt + response) and target (response) tokens per second, the padded
+fraction of computed slots, model TFLOP/s and MFU against two denominators (a measured bf16 matmul
+peak, :func:`padlab.experiments.bench.matmul_peak_tflops`, and ``--peak-tflops``, the datasheet
+figure), the loss curve and the seconds to ``--target-loss``, and peak memory. Then batched greedy
+generation (:func:`padlab.generate.greedy_generate`, KV cache) at a few batch sizes, prompts sorted
+by length against the caller's order. The JSON holds the device, torch and transformers versions,
+the date and the command. Model FLOPs per step: ``6 * params * real tokens`` plus causal attention,
+``6 * layers * hidden * sum(len^2)`` (``sum(len^2)`` over the attention spans each row computes).
+
+    python benchmarks/h200_decoder.py --out data/benchmarks/h200_decoder.json       # on the H200
+    python benchmarks/h200_decoder.py --quick                                         # CPU, seconds
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+from padlab import data, strategies
+from padlab.env import resolve_device
+from padlab.experiments.bench import matmul_peak_tflops, sync
+from padlab.experiments.results import save_result
+from padlab.generate import greedy_generate
+from padlab.hf import PaddingFreeCollator, check_packing
+from padlab.packing import PackedCollator
+from padlab.padding import PaddingCollator
+from padlab.precision import prepare
+from padlab.train import causal_lm_loss, count_targets, train_step
+
+MODELS = {
+    # ~100M parameters with the 8,192-token vocabulary (the issue's ~110M probe size).
+    "110m": dict(hidden_size=768, intermediate_size=2304, num_hidden_layers=12, num_attention_heads=12,
+                 num_key_value_heads=12),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2),
+}
+
+
+_T0 = time.perf_counter()
+
+
+def log(*a) -> None:
+    print(f"[{time.perf_counter() - _T0:7.1f}s]", *a, file=sys.stderr, flush=True)
+
+
+def build_model(size: str, max_length: int, seed: int, attn: str):
+    import transformers
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=data.vocab_size(), max_position_embeddings=max(512, max_length),
+                                   pad_token_id=data.PAD_ID,
+                                   bos_token_id=data.CLS_ID, eos_token_id=data.END_OF_RESPONSE_ID,
+                                   attn_implementation=attn, **MODELS[size])
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def hf_tokenizer():
+    from transformers import PreTrainedTokenizerFast
+    return PreTrainedTokenizerFast(tokenizer_file=str(data.data_dir() / "tokenizer.json"), pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", unk_token="[UNK]", mask_token="[MASK]")
+
+
+def model_flops(n_params: int, cfg, real_tokens: int, sum_sq: int) -> float:
+    return 6.0 * n_params * real_tokens + 6.0 * cfg.num_hidden_layers * cfg.hidden_size * sum_sq
+
+
+def plan_rows(pairs, args, impls):
+    """(name, list of (batch, real tokens, computed slots, sum of squared spans)) per row, built before timing."""
+    # Rows draw from the same examples: all pairs, or a seeded sample of --examples of them.
+    pool = (np.arange(len(pairs)) if args.examples is None
+            else np.sort(np.random.default_rng(args.seed).choice(len(pairs), args.examples, replace=False)))
+    lengths = pairs.lengths[pool]
+    n = args.warmup + args.steps
+    bs = max(1, round(args.max_tokens / float(lengths.mean())))
+    rows = []
+
+    def examples(idx):
+        return [pairs[int(pool[i])] for i in idx]
+
+    def padded(b):
+        # Model FLOPs count the real sequences' attention (sum of len^2), the same work whatever the layout.
+        seq = b["attention_mask"].sum(1).long()
+        return ({k: b[k] for k in ("input_ids", "attention_mask", "position_ids", "labels") if k in b},
+                int(seq.sum()), b["input_ids"].numel(), int((seq ** 2).sum()))
+
+    for name, opts in (("fixed", {}), ("dynamic", {}), ("bucketed", {"mega_batch": 50}),
+                       ("token-budget", {"max_tokens": args.max_tokens, "mega_batch": 50})):
+        p = strategies.plan(name, lengths, batch_size=bs, max_length=args.max_length, seed=args.seed, **opts)
+        coll = PaddingCollator(padding="max_length" if name == "fixed" else "longest", max_length=args.max_length)
+        rows.append((name, [padded(coll(examples(idx))) for idx in p.batches[:n]]))
+
+    p = strategies.plan("packed", lengths, batch_size=bs, max_length=args.max_length, seed=args.seed,
+                        rows=max(1, args.max_tokens // args.max_length))
+    packs = p.batches[:n]
+    flat = PaddingFreeCollator(packed=True, capacity=args.max_length)
+    flat_steps = []
+    for step in packs:
+        b = flat([examples(idx) for idx in step])
+        lens = lengths[np.concatenate(step)]
+        flat_steps.append((b, int(lens.sum()), int(lens.sum()), int((lens.astype(np.int64) ** 2).sum())))
+    for impl in impls:
+        rows.append((f"packed ({impl})", flat_steps))
+    neg = torch.finfo(torch.float32).min
+    mask_coll = PackedCollator(args.max_length, causal=True)
+    mask_steps = []
+    for step in packs:
+        b = mask_coll([examples(idx) for idx in step])
+        additive = torch.zeros(b["block_mask"].shape).masked_fill(~b["block_mask"], neg)[:, None]
+        lens = lengths[np.concatenate(step)]
+        mask_steps.append(({"input_ids": b["input_ids"], "labels": b["labels"], "position_ids": b["position_ids"],
+                            "attention_mask": additive}, int(lens.sum()), b["input_ids"].numel(),
+                           int((lens.astype(np.int64) ** 2).sum())))
+    rows.append(("packed-mask (sdpa)", mask_steps))
+
+    # The transformers recipe: its length-grouped sampler and collators, same batch size.
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    order = list(LengthGroupedSampler(batch_size=bs, lengths=lengths.tolist(),
+                                      generator=torch.Generator().manual_seed(args.seed)))
+    seq2seq = DataCollatorForSeq2Seq(hf_tokenizer(), padding="longest", label_pad_token_id=-100, return_tensors="pt")
+    hf_steps = []
+    for s in range(n):
+        idx = order[s * bs:(s + 1) * bs]
+        hf_steps.append(padded(dict(seq2seq(examples(idx)))))   # ids, attention_mask, labels: the recipe's batch
+    rows.append(("hf-length-grouped", hf_steps))
+    rng = np.random.default_rng(args.seed)
+    perm = rng.permutation(len(pool))
+    flattening = DataCollatorWithFlattening(return_flash_attn_kwargs=True, return_position_ids=True)
+    fl_steps = []
+    for s in range(n):
+        idx = perm[s * bs:(s + 1) * bs]
+        lens = lengths[idx]
+        fl_steps.append((flattening(examples(idx)), int(lens.sum()), int(lens.sum()),
+                         int((lens.astype(np.int64) ** 2).sum())))
+    for impl in impls:
+        rows.append((f"hf-flattening ({impl})", fl_steps))
+    return rows, bs
+
+
+def run_row(name, steps, init, args, dev, peaks):
+    impl = name.split("(")[1].rstrip(")") if "(" in name else "sdpa"
+    model = copy.deepcopy(init)
+    model.set_attn_implementation(impl)
+    factory = (lambda ps: torch.optim.AdamW(ps, lr=args.lr, fused=True))
+    prep = prepare(model, factory, args.policy, dev)
+    m = torch.compile(prep.model, dynamic=True) if args.compile else prep.model
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    losses = []
+    for i, (b, *_rest) in enumerate(steps[:args.warmup]):
+        train_step(m, b, prep.optimizer, prep.policy, prep.scaler, causal_lm_loss, measure=False, step=i)
+    sync(dev)
+    t0 = time.perf_counter()
+    stamps = []
+    for i, (b, *_rest) in enumerate(steps[args.warmup:]):
+        rec = train_step(m, b, prep.optimizer, prep.policy, prep.scaler, causal_lm_loss, measure=False, step=i)
+        losses.append(rec.loss_tensor)
+        if args.curve_every and i % args.curve_every == 0:
+            sync(dev)
+            stamps.append((i, time.perf_counter() - t0))
+    sync(dev)
+    seconds = time.perf_counter() - t0
+    timed = steps[args.warmup:]
+    real = sum(s[1] for s in timed)
+    slots = sum(s[2] for s in timed)
+    targets = sum(count_targets(s[0]) for s in timed)
+    loss = [float(x) for x in losses]
+    flops = sum(model_flops(args.n_params, init.config, s[1], s[3]) for s in timed)
+    tflops = flops / seconds / 1e12
+    reach = next((t for i, t in stamps if loss[i] <= args.target_loss), None) if args.target_loss else None
+    row = {
+        "strategy": name, "attn_implementation": impl, "steps": len(timed), "seconds": seconds,
+        "real_tokens_per_s": real / seconds, "target_tokens_per_s": targets / seconds,
+        "padded_fraction": 1 - real / slots, "model_tflops": tflops,
+        "mfu_measured_peak": tflops / peaks["measured"] if peaks["measured"] else None,
+        "mfu_datasheet_peak": tflops / peaks["datasheet"] if peaks["datasheet"] else None,
+        "peak_memory_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
+        "loss_first": loss[0], "loss_last": float(np.mean(loss[-5:])),
+        "loss_curve": [(t, loss[i]) for i, t in stamps], "seconds_to_target_loss": reach,
+        "real_tokens_per_step": real / len(timed),
+    }
+    log(f"{name:<26}{row['real_tokens_per_s']:>12,.0f} real tok/s  padded {row['padded_fraction']:6.1%}  "
+        f"loss {row['loss_first']:.3f} -> {row['loss_last']:.3f}")
+    return row
+
+
+def generation_rows(init, pairs, args, dev):
+    model = copy.deepcopy(init).to(dev)
+    if dev.type == "cuda" and "bf16" in args.policy:
+        model = model.to(torch.bfloat16)
+    rng = np.random.default_rng(args.seed + 1)
+    idx = rng.choice(len(pairs), args.gen_prompts, replace=False)
+    prompts = [pairs.ids(int(i))[:int(pairs.prompt_lengths[i])].tolist() for i in idx]
+    greedy_generate(model, prompts[:8], max_new_tokens=2)      # warm-up
+    out = []
+    for bs in args.gen_batch_sizes:
+        for order in ("sorted", "random"):
+            r = greedy_generate(model, prompts, max_new_tokens=args.gen_new_tokens, batch_size=bs,
+                                sort=order == "sorted", eos_id=None)
+            out.append({"batch_size": bs, "order": order, "new_tokens": r.new_tokens, "seconds": r.seconds,
+                        "tokens_per_s": r.tokens_per_second, "prefill_pad_fraction": r.prompt_pad_fraction,
+                        "kv_cache": True})
+            log(f"generate batch {bs:>4} {order:<7}{r.tokens_per_second:>10,.0f} tok/s  pads {r.prompt_pad_fraction:.1%}")
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny model on the CPU, a few steps: checks every row runs")
+    ap.add_argument("--device", default=None, help="auto, cpu, cuda, ... (default: auto; cpu with --quick)")
+    ap.add_argument("--model", choices=sorted(MODELS), default=None, help="default 110m (tiny with --quick)")
+    ap.add_argument("--policy", default=None, help="precision policy (default bf16-amp; fp32 with --quick)")
+    ap.add_argument("--max-tokens", type=int, default=None, help="real tokens a step (default 16384; 256 quick)")
+    ap.add_argument("--max-length", type=int, default=256, help="row width and pack capacity (pairs are <= 182)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps a row (default 60; 2 quick)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10; 1 quick)")
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--compile", action="store_true", help="torch.compile every row's model")
+    ap.add_argument("--attn", default=None, help="comma-separated attention implementations for the padding-free "
+                                                 "rows (default sdpa,flex_attention; sdpa with --quick)")
+    ap.add_argument("--target-loss", type=float, default=None, help="report the seconds each row takes to reach it")
+    ap.add_argument("--curve-every", type=int, default=5, help="loss-curve point every N timed steps (a sync)")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="datasheet dense bf16 peak for the second MFU (H200 SXM: 989.4); none by default")
+    ap.add_argument("--gen-prompts", type=int, default=None, help="prompts generated for (default 512; 16 quick)")
+    ap.add_argument("--gen-new-tokens", type=int, default=None, help="new tokens a prompt (default 64; 4 quick)")
+    ap.add_argument("--gen-batch-sizes", default=None, help="comma-separated (default 1,16,64,256; 1,8 quick)")
+    ap.add_argument("--examples", type=int, default=None, help="sample this many pairs (default all; 2000 quick)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="write the JSON here (default: print it)")
+    args = ap.parse_args(argv)
+    q = args.quick
+    args.device = args.device or ("cpu" if q else "auto")
+    args.model = args.model or ("tiny" if q else "110m")
+    args.policy = args.policy or ("fp32" if q else "bf16-amp")
+    args.max_tokens = args.max_tokens or (256 if q else 16384)
+    args.steps = args.steps or (2 if q else 60)
+    args.warmup = args.warmup if args.warmup is not None else (1 if q else 10)
+    args.gen_prompts = args.gen_prompts or (16 if q else 512)
+    args.gen_new_tokens = args.gen_new_tokens or (4 if q else 64)
+    args.gen_batch_sizes = [int(x) for x in (args.gen_batch_sizes or ("1,8" if q else "1,16,64,256")).split(",")]
+    args.curve_every = 1 if q else args.curve_every
+    args.examples = args.examples or (2000 if q else None)
+    impls_wanted = (args.attn or ("sdpa" if q else "sdpa,flex_attention")).split(",")
+    dev = resolve_device(args.device)
+    import transformers
+    transformers.logging.set_verbosity_error()
+
+    pairs = data.load_instructions("wordnet-define")
+    init = build_model(args.model, args.max_length, args.seed, "sdpa")
+    args.n_params = sum(p.numel() for p in init.parameters())
+    log(f"model {args.model}: {args.n_params / 1e6:.1f}M parameters; device {dev}; policy {args.policy}")
+
+    # The oracle first, on this model (on the device, in the policy's weight dtype is not needed: fp32 logits).
+    oracle, impls = [], []
+    probe = [pairs.ids(i).tolist() for i in (3, 4_000, 50_000, 90_000)]
+    gate = init.to(dev)
+    for impl in impls_wanted:
+        try:
+            c = check_packing(gate, probe, attn_implementation=impl)
+            control = check_packing(gate, probe, attn_implementation=impl, negative_control=True)
+            oracle.append(c.as_dict() | {"negative_control_ok": control.ok,
+                                         "negative_control_logits_diff": control.logits_diff})
+            ok = c.ok and not control.ok
+        except Exception as e:     # an implementation this installation cannot run: recorded, its rows left out
+            oracle.append({"attn_implementation": impl, "ok": False, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            ok = False
+        log(f"oracle {impl}: {'passed' if ok else 'FAILED: its padding-free rows are left out'}")
+        if ok:
+            impls.append(impl)
+    init = init.cpu()
+
+    peaks = {"measured": matmul_peak_tflops(dev) if dev.type == "cuda" else None, "datasheet": args.peak_tflops}
+    rows_plan, bs = plan_rows(pairs, args, impls)
+    log(f"planned and collated {len(rows_plan)} rows, {args.warmup + args.steps} steps each, batch size {bs}")
+    rows = [run_row(name, steps, init, args, dev, peaks) for name, steps in rows_plan]
+    gen = generation_rows(init, pairs, args, dev)
+
+    best = {side: max((r for r in rows if r["strategy"].startswith("hf-") == (side == "hf")),
+                      key=lambda r: r["real_tokens_per_s"], default=None) for side in ("padlab", "hf")}
+    ratio = (best["padlab"]["real_tokens_per_s"] / best["hf"]["real_tokens_per_s"]
+             if best["padlab"] and best["hf"] else None)
+    result = {
+        "name": "decoder", "work": "decoder-sft",
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.machine()})",
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python"] + sys.argv) if argv is None else "h200_decoder.main(" + repr(argv) + ")",
+        "config": {"model": args.model, "parameters": args.n_params, "policy": args.policy, "optimizer": "AdamW(fused)",
+                   "compile": args.compile, "max_tokens": args.max_tokens, "max_length": args.max_length,
+                   "batch_size": bs, "examples": args.examples or len(pairs), "steps": args.steps, "warmup": args.warmup, "lr": args.lr, "seed": args.seed,
+                   "data": "wordnet-define (completion-only labels)", "use_cache": False,
+                   "peak_tflops_measured": peaks["measured"], "peak_tflops_datasheet": peaks["datasheet"]},
+        "oracle": oracle, "rows": rows, "generation": gen,
+        "best_padlab": best["padlab"]["strategy"] if best["padlab"] else None,
+        "best_hf": best["hf"]["strategy"] if best["hf"] else None,
+        "padlab_over_best_hf": ratio,
+    }
+    log(f"best padlab {result['best_padlab']} / best transformers {result['best_hf']}: "
+        f"{ratio:.2f}x real tokens/s" if ratio else "no ratio (a side has no row)")
+    if args.out:
+        save_result(result, args.out)
+        log(f"wrote {args.out}")
+    else:
+        print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "generation", "oracle")}, indent=1,
+                         default=str))
+    return result
+
+
+if __name__ == "__main__":
+    main()
