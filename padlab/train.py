@@ -4,7 +4,12 @@
 and returns a :class:`StepRecord`; :func:`train` loops over a loader, one epoch after another
 (:func:`cycle_epochs` calls ``set_epoch`` on the loader's sampler, so padlab's samplers give new
 batches each epoch), with one learning-rate schedule (:func:`make_lr_schedule`); :func:`evaluate`
-scores a model. :func:`to_device` is the one way a batch reaches a device. The notebooks, the
+scores a model. :func:`to_device` is the one way a batch reaches a device. Gradient accumulation:
+:func:`train_step` takes a list of micro-batches and, by default, divides their summed token losses
+by the target tokens of the whole step (:func:`count_targets`; transformers' ``num_items_in_batch``),
+so any split into micro-batches, packs or padded rows gives the full batch's gradient;
+:func:`causal_lm_loss` is the next-token loss of a causal LM (a transformers model or any module
+returning logits) computed that way. The notebooks, the
 recipes (:func:`padlab.recipes.train_loop`), the benchmark harnesses (:mod:`padlab.experiments`)
 and the ``benchmarks/`` scripts all step through :func:`train_step`.
 
