@@ -47,7 +47,7 @@ from padlab.env import resolve_device
 from padlab.experiments.bench import matmul_peak_tflops, sync
 from padlab.experiments.results import save_result
 from padlab.generate import greedy_generate
-from padlab.hf import PaddingFreeCollator, check_packing
+from padlab.hf import PaddingFreeCollator, additive_mask, check_packing
 from padlab.packing import PackedCollator
 from padlab.padding import PaddingCollator
 from padlab.precision import prepare
@@ -125,12 +125,11 @@ def plan_rows(pairs, args, impls):
         flat_steps.append((b, int(lens.sum()), int(lens.sum()), int((lens.astype(np.int64) ** 2).sum())))
     for impl in impls:
         rows.append((f"packed ({impl})", flat_steps))
-    neg = torch.finfo(torch.float32).min
     mask_coll = PackedCollator(args.max_length, causal=True)
     mask_steps = []
     for step in packs:
         b = mask_coll([examples(idx) for idx in step])
-        additive = torch.zeros(b["block_mask"].shape).masked_fill(~b["block_mask"], neg)[:, None]
+        additive = additive_mask(b["block_mask"])
         lens = lengths[np.concatenate(step)]
         mask_steps.append(({"input_ids": b["input_ids"], "labels": b["labels"], "position_ids": b["position_ids"],
                             "attention_mask": additive}, int(lens.sum()), b["input_ids"].numel(),

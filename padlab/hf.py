@@ -35,7 +35,7 @@ import torch
 
 from ._validate import PadlabError, check_bool, check_choice, check_float, check_int, fail
 
-__all__ = ["ATTENTION_MODES", "PaddingFreeCollator", "additive_document_mask", "document_block_mask",
+__all__ = ["ATTENTION_MODES", "PaddingFreeCollator", "additive_document_mask", "additive_mask", "document_block_mask",
            "PackingCheck", "check_packing"]
 
 ATTENTION_MODES = ("position_ids", "mask", "block_mask")
@@ -69,6 +69,21 @@ def additive_document_mask(seq_lengths: Sequence[int] | torch.Tensor, *, causal:
     out = torch.zeros(allowed.shape, dtype=dtype, device=device)
     out.masked_fill_(~allowed, torch.finfo(dtype).min)
     return out[None, None]
+
+
+def additive_mask(allowed: torch.Tensor, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A boolean ``P x T x T`` mask (True where a query may attend a key, such as
+    :class:`padlab.packing.PackedCollator`'s ``block_mask``, causal with ``causal=True``) as the additive
+    float ``P x 1 x T x T`` mask transformers' ``eager``/``sdpa`` take: 0 where allowed, the dtype's minimum
+    elsewhere (a boolean 4-D mask is misread under ``eager``)."""
+    if not isinstance(allowed, torch.Tensor) or allowed.dtype != torch.bool or allowed.ndim != 3 \
+            or allowed.shape[1] != allowed.shape[2]:
+        raise fail("allowed", getattr(allowed, "shape", allowed), "be a boolean P x T x T tensor")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise fail("dtype", dtype, "be a floating torch.dtype")
+    out = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    out.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return out[:, None]
 
 
 def document_block_mask(seq_lengths: Sequence[int] | torch.Tensor, *, causal: bool = True, device: Any = "cpu"):

@@ -256,3 +256,25 @@ def test_oracle_flex_attention_in_a_subprocess(glosses):
     assert r["ok"] and r["attn_implementation"] == "flex_attention" and r["method"] == "position_ids"
     assert r["mask_honoured"] and not r["restart_needed"] and r["default_call_cross_attends"]
     assert not r["grad_checked"]  # FlexAttention has no backward on the CPU in this torch
+
+
+def test_additive_mask_of_a_packed_collator_block_mask_by_hand():
+    from padlab.hf import additive_mask
+    from padlab.packing import PackedCollator
+
+    b = PackedCollator(4, causal=True)([[[5, 6], [7]], [[8, 9, 10]]])
+    m = additive_mask(b["block_mask"])
+    assert m.shape == (2, 1, 4, 4) and m.dtype == torch.float32
+    # Row 0: a causal 2-block, a 1-block, a pad query seeing itself; row 1: a causal 3-block and a pad.
+    assert (m[:, 0] == 0).int().tolist() == [
+        [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+        [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 1]]]
+    assert set(m.unique().tolist()) == {0.0, NEG}
+    assert additive_mask(b["block_mask"], dtype=torch.bfloat16).min() == torch.finfo(torch.bfloat16).min
+    # The same as hf's one-row builder for a single pack.
+    one = PackedCollator(3, causal=True)([[[5, 6], [7]]])["block_mask"]
+    assert torch.equal(additive_mask(one), additive_document_mask([2, 1]))
+    with pytest.raises(PadlabError, match=r"allowed must be a boolean P x T x T tensor"):
+        additive_mask(torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(PadlabError, match=r"dtype must be a floating torch.dtype"):
+        additive_mask(one, dtype=torch.int32)

@@ -293,13 +293,13 @@ def _reference_grads(model, examples):
 def _micro_batches(examples):
     # Three micro-batches of different sizes and layouts: right padding, left padding, and packs
     # (PackedCollator, causal) fed to the model as a 4-D additive mask with restarted positions.
+    from padlab.hf import additive_mask
     from padlab.packing import PackedCollator
     from padlab.padding import PaddingCollator
     right = PaddingCollator()(examples[:3])
     left = PaddingCollator(padding_side="left")(examples[3:4])
     packed = PackedCollator(64, causal=True)([examples[4:6], examples[6:]])
-    neg = torch.finfo(torch.float32).min
-    additive = torch.zeros(packed["block_mask"].shape).masked_fill(~packed["block_mask"], neg)[:, None]
+    additive = additive_mask(packed["block_mask"])
     packs = {"input_ids": packed["input_ids"], "labels": packed["labels"], "position_ids": packed["position_ids"],
              "attention_mask": additive}
     return [{k: right[k] for k in ("input_ids", "attention_mask", "position_ids", "labels")},
