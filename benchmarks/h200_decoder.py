@@ -161,13 +161,13 @@ def plan_rows(pairs, args, impls):
     return rows, bs
 
 
-def run_row(name, steps, init, args, dev, peaks):
+def run_row(name, steps, init, args, dev, peaks, compiled):
     impl = name.split("(")[1].rstrip(")") if "(" in name else "sdpa"
     model = copy.deepcopy(init)
     model.set_attn_implementation(impl)
     factory = (lambda ps: torch.optim.AdamW(ps, lr=args.lr, fused=True))
     prep = prepare(model, factory, args.policy, dev)
-    m = torch.compile(prep.model, dynamic=True) if args.compile else prep.model
+    m = torch.compile(prep.model, dynamic=True) if compiled else prep.model
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     losses = []
@@ -193,7 +193,7 @@ def run_row(name, steps, init, args, dev, peaks):
     tflops = flops / seconds / 1e12
     reach = next((t for i, t in stamps if loss[i] <= args.target_loss), None) if args.target_loss else None
     row = {
-        "strategy": name, "attn_implementation": impl, "steps": len(timed), "seconds": seconds,
+        "strategy": name, "attn_implementation": impl, "compiled": compiled, "steps": len(timed), "seconds": seconds,
         "real_tokens_per_s": real / seconds, "target_tokens_per_s": targets / seconds,
         "padded_fraction": 1 - real / slots, "model_tflops": tflops,
         "mfu_measured_peak": tflops / peaks["measured"] if peaks["measured"] else None,
@@ -203,9 +203,19 @@ def run_row(name, steps, init, args, dev, peaks):
         "loss_curve": [(t, loss[i]) for i, t in stamps], "seconds_to_target_loss": reach,
         "real_tokens_per_step": real / len(timed),
     }
-    log(f"{name:<26}{row['real_tokens_per_s']:>12,.0f} real tok/s  padded {row['padded_fraction']:6.1%}  "
+    log(f"{name + (' [compiled]' if compiled else ''):<37}{row['real_tokens_per_s']:>12,.0f} real tok/s  padded {row['padded_fraction']:6.1%}  "
         f"loss {row['loss_first']:.3f} -> {row['loss_last']:.3f}")
     return row
+
+
+def compare(rows) -> dict:
+    """The best padlab row and the best transformers (``hf-``) row by real tokens/s, and their ratio."""
+    best = {side: max((r for r in rows if r["strategy"].startswith("hf-") == (side == "hf")),
+                      key=lambda r: r["real_tokens_per_s"], default=None) for side in ("padlab", "hf")}
+    ratio = (best["padlab"]["real_tokens_per_s"] / best["hf"]["real_tokens_per_s"]
+             if best["padlab"] and best["hf"] else None)
+    label = {k: (r["strategy"] + (" [compiled]" if r["compiled"] else "")) if r else None for k, r in best.items()}
+    return {"best_padlab": label["padlab"], "best_hf": label["hf"], "padlab_over_best_hf": ratio}
 
 
 def generation_rows(init, pairs, args, dev):
@@ -239,7 +249,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="timed steps a row (default 60; 2 quick)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10; 1 quick)")
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--compile", action="store_true", help="torch.compile every row's model")
+    ap.add_argument("--compile", choices=("off", "on", "both"), default="off",
+                    help="torch.compile every row's model: off, on, or both (every row eager, then compiled)")
     ap.add_argument("--attn", default=None, help="comma-separated attention implementations for the padding-free "
                                                  "rows (default sdpa,flex_attention; sdpa with --quick)")
     ap.add_argument("--target-loss", type=float, default=None, help="report the seconds each row takes to reach it")
@@ -311,26 +322,25 @@ def main(argv=None) -> dict:
                    "peak_tflops_measured": peaks["measured"], "peak_tflops_datasheet": peaks["datasheet"]},
         "oracle": oracle, "rows": [], "generation": [], "complete": False,
     }
-    for name, steps in rows_plan:
-        try:
-            result["rows"].append(run_row(name, steps, init, args, dev, peaks))
-        except Exception as e:    # one failing row (out of memory, a kernel missing) must not lose the others
-            log(f"{name}: FAILED {type(e).__name__}: {str(e)[:300]}")
-            result["rows"].append({"strategy": name, "error": f"{type(e).__name__}: {str(e)[:300]}"})
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-        if args.out:
-            save_result(result, args.out)      # partial results survive a crash later in the run
+    modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
+    for compiled in modes:
+        for name, steps in rows_plan:
+            try:
+                result["rows"].append(run_row(name, steps, init, args, dev, peaks, compiled))
+            except Exception as e:    # one failing row (out of memory, a kernel missing) must not lose the others
+                log(f"{name}: FAILED {type(e).__name__}: {str(e)[:300]}")
+                result["rows"].append({"strategy": name, "compiled": compiled,
+                                       "error": f"{type(e).__name__}: {str(e)[:300]}"})
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+            if args.out:
+                save_result(result, args.out)      # partial results survive a crash later in the run
     result["generation"] = generation_rows(init, pairs, args, dev)
     rows = [r for r in result["rows"] if "error" not in r]
-
-    best = {side: max((r for r in rows if r["strategy"].startswith("hf-") == (side == "hf")),
-                      key=lambda r: r["real_tokens_per_s"], default=None) for side in ("padlab", "hf")}
-    ratio = (best["padlab"]["real_tokens_per_s"] / best["hf"]["real_tokens_per_s"]
-             if best["padlab"] and best["hf"] else None)
-    result.update({"best_padlab": best["padlab"]["strategy"] if best["padlab"] else None,
-                   "best_hf": best["hf"]["strategy"] if best["hf"] else None,
-                   "padlab_over_best_hf": ratio, "complete": True})
+    result.update(compare(rows), complete=True)
+    for compiled in modes:
+        result["compiled" if compiled else "eager"] = compare([r for r in rows if r["compiled"] == compiled])
+    ratio = result["padlab_over_best_hf"]
     log(f"best padlab {result['best_padlab']} / best transformers {result['best_hf']}: "
         f"{ratio:.2f}x real tokens/s" if ratio else "no ratio (a side has no row)")
     if args.out:
