@@ -323,6 +323,9 @@ def main(argv=None) -> dict:
         "oracle": oracle, "rows": [], "generation": [], "complete": False,
     }
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
+    # One untimed row first: the process's one-time costs (allocator, kernels' first launch) land on no row.
+    log("warm-up row (not recorded):")
+    run_row(rows_plan[0][0], rows_plan[0][1][:args.warmup + 1], init, args, dev, peaks, False)
     for compiled in modes:
         for name, steps in rows_plan:
             try:
