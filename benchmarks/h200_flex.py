@@ -113,10 +113,14 @@ def run_row(name: str, steps: list[dict], init: dict, mcfg: EncoderConfig, dev, 
     model.load_state_dict(init)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=fused, foreach=None if fused else True)
+    if compile_mode is not None:
+        torch.compiler.reset()  # each row compiles afresh (dynamo's recompile limit is per code object)
+    # Flex rows have static shapes: a changed int must recompile, never go symbolic. Varlen's flat
+    # token count changes every step: torch's automatic dynamic shapes (the default) handle it.
+    dyn = False if flex_block is not None else None
     run = model if compile_mode is None else (
-        # Static shapes: every step has the same tensor shapes; a changed int must recompile, not go symbolic.
-        torch.compile(model, dynamic=False) if compile_mode == "default"
-        else torch.compile(model, mode=compile_mode, dynamic=False))
+        torch.compile(model, dynamic=dyn) if compile_mode == "default"
+        else torch.compile(model, mode=compile_mode, dynamic=dyn))
     bf16 = precision.startswith("bf16")
     tf32 = precision in ("bf16-amp+tf32", "tf32")
     torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -137,7 +141,7 @@ def run_row(name: str, steps: list[dict], init: dict, mcfg: EncoderConfig, dev, 
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return out.loss.detach()
+        return out.loss.detach().clone()  # a CUDA-graph output is overwritten by the next replay
 
     passes = {}
     g_start = compiled_graphs()
@@ -198,7 +202,6 @@ def run_row(name: str, steps: list[dict], init: dict, mcfg: EncoderConfig, dev, 
     log(f"  {name}: {row['real_tokens_per_s']:,.0f} real tok/s (cold {row['cold_real_tokens_per_s']:,.0f}), "
         f"{tflops:.0f} TFLOP/s, mfu {row['mfu'] or 0:.1%} / datasheet {row['mfu_datasheet']:.1%}, "
         f"recompiles {row.get('recompiles')}, mem {row['peak_memory_bytes'] / 2**30:.1f} GiB, loss {row['loss']:.3f}")
-    del model, opt, run
     torch.cuda.empty_cache()
     return row
 
@@ -324,15 +327,280 @@ def part_probe(out: str, deadline: float) -> None:
             log(f"{r['name']:<14}{r['real_tokens_per_s']:>12,.0f} tok/s  cold {r['cold_real_tokens_per_s']:>10,.0f}  "
                 f"{r['model_tflops']:6.0f} TFLOP/s  recompiles {r.get('recompiles')}")
 
+# ------------------------------------------------------------------------------------ main run
+
+FAMILIES = (  # first match wins; names as torch.profiler reports the kernels of a compiled run
+    ("attention (flex)", ("flex_attention", "triton_tem_fused", "tem_fused")),
+    ("attention (flash/sdpa)", ("flash", "fmha", "attention")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "cublas", "xmma", "sm90_", "matmul", "mm_")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("fused triton (elementwise/reductions)", ("triton_",)),
+    ("copies / index / fill", ("copy", "index", "gather", "scatter", "cat", "fill", "memset", "memcpy")),
+)
+
+
+def profile_compiled(steps, init, mcfg, dev, *, flex_block, compile_mode, out, name, n=6) -> dict:
+    """torch.profiler over ``n`` steps of the COMPILED row: GPU time by kernel family, and launch gaps."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.compiler.reset()
+    model = EncoderForMaskedLM(mcfg).to(dev)
+    model.load_state_dict(init)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    run = torch.compile(model, dynamic=False) if compile_mode == "default" else \
+        torch.compile(model, mode=compile_mode, dynamic=False)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    dev_steps = [{k: v.to(dev) for k, v in s["inputs"].items()} for s in steps[:n + 3]]
+
+    def step(inp):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            kw = dict(inp)
+            bm = document_block_mask(kw.pop("seq_ids"), flex_block)
+            out_ = run(block_mask=bm, **kw)
+        out_.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for inp in dev_steps[:3]:
+        step(inp)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for inp in dev_steps[3:]:
+            step(inp)
+        torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    kernels: dict[str, float] = {}
+    avgs = prof.key_averages()
+    for e in avgs:  # kernel entries carry the CUDA device type; their self time is the kernel's time
+        if str(getattr(e, "device_type", "")).endswith("CUDA") and getattr(e, "self_device_time_total", 0) > 0:
+            kernels[e.key] = e.self_device_time_total
+    if not kernels:  # another torch: leaf entries with device time that are not CPU-side op wrappers
+        for e in avgs:
+            if getattr(e, "self_device_time_total", 0) > 0 and not e.key.startswith(
+                    ("aten::", "Optimizer", "Torch-Compiled", "CompiledFunction", "ProfilerStep", "## ")):
+                kernels[e.key] = e.self_device_time_total
+    total_us = sum(kernels.values())
+    fam = {f: 0.0 for f, _ in FAMILIES}
+    fam["other"] = 0.0
+    for k, v in kernels.items():
+        low = k.lower()
+        for f, keys in FAMILIES:
+            if any(x in low for x in keys):
+                fam[f] += v
+                break
+        else:
+            fam["other"] += v
+    steps_n = len(dev_steps) - 3
+    step_ms = wall_ms / steps_n
+    kern_ms = total_us / 1e3 / steps_n
+    res = {"name": name, "compiled": True, "compile_mode": compile_mode, "flex_block_size": flex_block,
+           "steps": steps_n, "step_ms_under_profiler": step_ms, "kernel_ms_per_step": kern_ms,
+           "gpu_idle_ms_per_step (launch gaps, host work)": max(0.0, step_ms - kern_ms),
+           "families_ms_per_step": {k: v / 1e3 / steps_n for k, v in fam.items()},
+           "families_fraction_of_step": {k: v / 1e3 / steps_n / step_ms for k, v in fam.items()},
+           "top_kernels": [{"kernel": k[:140], "ms_per_step": v / 1e3 / steps_n}
+                           for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:25]]}
+    with open(os.path.join(out, f"profile_{name}.txt"), "w") as fh:
+        fh.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=45))
+        fh.write("\n\nfamilies (ms per step): " + json.dumps(res["families_ms_per_step"], indent=1))
+        fh.write(f"\nstep {step_ms:.2f} ms under the profiler, kernels {kern_ms:.2f} ms, idle {max(0, step_ms - kern_ms):.2f} ms\n")
+    log("profile", json.dumps({k: round(v, 3) for k, v in res["families_fraction_of_step"].items()}),
+        f"step {step_ms:.1f} ms, kernels {kern_ms:.1f} ms")
+    torch.cuda.empty_cache()
+    return res
+
+
+class _FlexSteps(torch.utils.data.Dataset):
+    def __init__(self, mc, plan, cap, slots):
+        self.mc, self.plan, self.cap, self.slots = mc, plan, cap, slots
+
+    def __len__(self):
+        return len(self.plan)
+
+    def __getitem__(self, i):
+        return flex_steps(self.mc, [self.plan[i]], self.cap, "ffd", self.slots)[0]
+
+
+def loader_rate(mc, cfg, budget, gpu_step_ms, slots, workers=(0, 4, 8), n=60) -> list[dict]:
+    """Sampler (plan) + collator for packed-flex steps on this host's CPU, against the GPU's step rate."""
+    out = []
+    for w in workers:
+        t0 = time.perf_counter()
+        c, plan = packed_plan(mc, cfg, budget, n if w else 20)
+        t_plan = time.perf_counter() - t0
+        ds = _FlexSteps(mc, plan, 512, slots)
+        if w == 0:
+            t0 = time.perf_counter()
+            got = [ds[i] for i in range(len(ds))]
+            dt = time.perf_counter() - t0 + t_plan
+        else:
+            loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=w, prefetch_factor=4)
+            it = iter(loader)
+            got = [next(it)]
+            t1 = time.perf_counter()
+            got.extend(it)
+            dt = (time.perf_counter() - t1) * len(got) / (len(got) - 1) + t_plan * len(got) / len(plan)
+        bps = len(got) / dt
+        out.append({"workers": w, "batches": len(got), "batches_per_s": bps, "plan_s": t_plan,
+                    "gpu_batches_per_s": 1e3 / gpu_step_ms, "ratio": bps * gpu_step_ms / 1e3})
+        log("loader", json.dumps(out[-1]))
+    return out
+
+
+def time_to_loss(base: dict, best: dict, window: int = 5) -> dict:
+    """Seconds for each row to reach the baseline's final loss (mean of its last ``window`` steps)."""
+    def smooth(x):
+        x = np.asarray(x, dtype=np.float64)
+        c = np.cumsum(np.insert(x, 0, 0.0))
+        return np.array([(c[i + 1] - c[max(0, i + 1 - window)]) / (i + 1 - max(0, i + 1 - window)) for i in range(len(x))])
+
+    target = float(np.mean(base["loss_curve"][-window:]))
+    res = {"target_loss": target, "definition": f"baseline's mean loss over its last {window} steps; a row reaches it "
+           f"when its {window}-step running mean is <= target; seconds are the summed CUDA-event step times "
+           "of the steps trained so far (cold pass first: compilation counts), and again without the first step",
+           "steps_each": len(base["loss_curve"])}
+    for key, r in (("baseline", base), ("best", best)):
+        sm = smooth(r["loss_curve"])
+        sec = np.cumsum(r["step_seconds"]) / 1e3
+        hit = np.flatnonzero(sm <= target)
+        i = int(hit[0]) if hit.size else None
+        res[key] = {"name": r["name"], "step": i, "seconds": float(sec[i]) if i is not None else None,
+                    "seconds_without_first_step": float(sec[i] - sec[0]) if i is not None else None}
+    b, t = res["baseline"]["seconds"], res["best"]["seconds"]
+    res["ratio"] = b / t if (b and t) else None
+    b0, t0 = res["baseline"]["seconds_without_first_step"], res["best"]["seconds_without_first_step"]
+    res["ratio_without_first_step"] = b0 / t0 if (b0 and t0) else None
+    return res
+
+
+ROWS = {  # name: (strategy, slots per step, precision, compile mode, flex block, fused optimizer)
+    "fixed-fp32-64k": ("fixed", 65536, "fp32", None, None, True),
+    "flex128-64k": ("packed-flex", 65536, "bf16-amp+tf32", "default", 128, True),
+    "flex128-64k-cudagraphs": ("packed-flex", 65536, "bf16-amp+tf32", "reduce-overhead", 128, True),
+    "flex128-64k-foreach": ("packed-flex", 65536, "bf16-amp+tf32", "default", 128, False),
+    "flex128-64k-eager": ("packed-flex", 65536, "bf16-amp+tf32", None, 128, True),
+    "fixed-fp32-16k": ("fixed", 16384, "fp32", None, None, True),
+    "flex128-16k": ("packed-flex", 16384, "bf16-amp+tf32", "default", 128, True),
+    "flex128-16k-cudagraphs": ("packed-flex", 16384, "bf16-amp+tf32", "reduce-overhead", 128, True),
+    "varlen-64k": ("packed-varlen", 65536, "bf16-amp+tf32", "default", None, True),
+    "flex128-128k": ("packed-flex", 131072, "bf16-amp+tf32", "default", 128, True),
+    "flex64-64k-autotune": ("packed-flex", 65536, "bf16-amp+tf32", "default", 64, True),
+}
+
+
+def part_main(out: str, deadline: float, rows_wanted: list[str], n: int, profile_row: str | None) -> None:
+    result = env()
+    result["command"] = "PYTHONPATH=. python benchmarks/h200_flex.py " + " ".join(sys.argv[1:])
+    dev, cfg, mc, mcfg, init = common()
+    peaks = result["matmul_peak_samples_tflops"] = [peak_sample(dev)]
+    result["matmul_peak_method"] = ("8192^3 bf16 matmul on random data through torch (cuBLAS), median of 10 after 3 "
+                                    "warm-ups, sampled before, between and after the rows")
+    result["model"] = "bert-base (12 layers, hidden 768, 12 heads, FFN 3072), fortunes corpus, capacity 512, MLM 15%"
+    result["steps_per_pass"] = n
+    rows = result["rows"] = []
+    path = os.path.join(out, "bench_h200.json")
+
+    def save():
+        with open(path, "w") as fh:
+            json.dump(result, fh, indent=1)
+
+    cache: dict = {}
+    for name in rows_wanted:
+        if time.perf_counter() - T0 > deadline:
+            log(f"skip {name}: past the {deadline:.0f} s deadline")
+            result.setdefault("skipped", []).append(name)
+            continue
+        strat, budget, prec, mode, bs, fused = ROWS[name]
+        key = (strat, budget)
+        if key not in cache:
+            c, plan = packed_plan(mc, cfg, budget, n) if strat != "fixed" else (None, None)
+            if strat == "fixed":
+                import dataclasses
+                c = dataclasses.replace(cfg, budget=budget, seqs_per_step=budget // 512)
+                plan = bench.plan_batches("fixed", mc, c, n)
+                steps = harness_steps("fixed", mc, plan, c, None)
+            elif strat == "packed-varlen":
+                steps = harness_steps(strat, mc, plan, c, None)
+                steps = harness_steps(strat, mc, plan, c, mlm_slots(steps))
+            else:
+                steps = flex_steps(mc, plan, 512, "ffd", None)
+                steps = flex_steps(mc, plan, 512, "ffd", mlm_slots(steps))
+            cache[key] = steps
+        steps = cache[key]
+        if name.endswith("autotune"):
+            import torch._inductor.config as icfg
+            icfg.max_autotune = True                 # flex's backward at block 64 has no default config on 2.11
+            icfg.max_autotune_gemm_backends = "ATEN"  # autotune only the flex kernels, not the GEMMs
+        try:
+            rows.append(run_row(name, steps, init, mcfg, dev, precision=prec, flex_block=bs, compile_mode=mode,
+                                fused=fused, peaks=peaks))
+        except Exception as e:
+            log(f"row {name} failed: {type(e).__name__}: {str(e)[:1500]}")
+            rows.append({"name": name, "strategy": strat, "error": f"{type(e).__name__}: {str(e)[:1500]}"})
+        if name.endswith("autotune"):
+            icfg.max_autotune = False
+        save()
+        if len(rows) % 3 == 0:
+            peaks.append(peak_sample(dev))
+    peaks.append(peak_sample(dev))
+    result["matmul_peak_tflops"] = max(peaks)
+    result["matmul_peak_spread_tflops"] = [min(peaks), max(peaks)]
+    for r in rows:
+        if "error" in r:
+            continue
+        r["mfu"] = r["mfu_measured_peak"] = r["model_tflops"] / max(peaks)
+        base = next((b for b in rows if b.get("strategy") == "fixed" and b.get("slots_per_step") == r["slots_per_step"]
+                     and "error" not in b), None)
+        r["baseline"] = base["name"] if base else None
+        r["speedup_vs_fixed_fp32_same_slots"] = r["real_tokens_per_s"] / base["real_tokens_per_s"] if base else None
+    ok = [r for r in rows if "error" not in r and r["strategy"] != "fixed"]
+    if ok:
+        best = max(ok, key=lambda r: r["real_tokens_per_s"])
+        result["best"] = best["name"]
+        base = next((b for b in rows if b.get("name") == best.get("baseline")), None)
+        if base:
+            result["time_to_loss"] = time_to_loss(base, best)
+            log("time_to_loss", json.dumps(result["time_to_loss"]))
+        save()
+        if time.perf_counter() - T0 < deadline + 60:
+            result["loader"] = loader_rate(mc, cfg, 65536, best["median_step_ms"], None)
+            save()
+        if profile_row and time.perf_counter() - T0 < deadline + 90:
+            strat, budget, prec, mode, bs, fused = ROWS[profile_row]
+            try:
+                result["profile"] = profile_compiled(cache[(strat, budget)], init, mcfg, dev, flex_block=bs,
+                                                     compile_mode="default", out=out, name=profile_row)
+            except Exception as e:
+                log(f"profile failed: {type(e).__name__}: {str(e)[:800]}")
+            save()
+    log("peaks", [round(p) for p in peaks])
+    log(f"{'row':<26}{'real tok/s':>12}{'cold tok/s':>12}{'median/step':>12}{'TFLOP/s':>9}{'MFU meas':>9}"
+        f"{'MFU 989':>8}{'x fixed':>9}{'recomp':>7}")
+    for r in rows:
+        if "error" in r:
+            log(f"{r['name']:<26} failed")
+            continue
+        sp = r.get("speedup_vs_fixed_fp32_same_slots")
+        log(f"{r['name']:<26}{r['real_tokens_per_s']:>12,.0f}{r['cold_real_tokens_per_s']:>12,.0f}"
+            f"{r['median_step_real_tokens_per_s']:>12,.0f}{r['model_tflops']:>9.0f}{r['mfu']:>9.1%}"
+            f"{r['mfu_datasheet']:>8.1%}{(f'{sp:.1f}x' if sp else '-'):>9}{str(r.get('recompiles', '-')):>7}")
+    save()
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=("probe",), required=True)
+    ap.add_argument("--part", choices=("probe", "main"), required=True)
+    ap.add_argument("--rows", default="fixed-fp32-64k,flex128-64k", help=f"comma-separated, of {list(ROWS)}")
+    ap.add_argument("--steps", type=int, default=20, help="steps per pass (cold, then warm)")
+    ap.add_argument("--profile", default=None, help="a ROWS name to profile compiled")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--deadline", type=float, default=300.0, help="seconds after which no new row starts")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    {"probe": part_probe}[a.part](a.out, a.deadline)
+    if a.part == "probe":
+        part_probe(a.out, a.deadline)
+    else:
+        part_main(a.out, a.deadline, a.rows.split(","), a.steps, a.profile)
 
 
 if __name__ == "__main__":
