@@ -208,7 +208,7 @@ def run_row(name: str, steps: list[dict], init: dict, mcfg: EncoderConfig, dev, 
 
 def steps_strategy(steps) -> str:
     inp = steps[0]["inputs"]
-    return "packed-varlen" if "cu_seqlens" in inp else ("packed" if "block_mask" in inp else "padded")
+    return "packed-varlen" if "cu_seqlens" in inp else ("packed" if "block_mask" in inp else "fixed")
 
 
 # ------------------------------------------------------------------------------------ gradient proof
@@ -342,7 +342,10 @@ FAMILIES = (  # first match wins; names as torch.profiler reports the kernels of
 def profile_compiled(steps, init, mcfg, dev, *, flex_block, compile_mode, out, name, n=6) -> dict:
     """torch.profiler over ``n`` steps of the COMPILED row: GPU time by kernel family, and launch gaps."""
     from torch.profiler import ProfilerActivity, profile
+    import torch._inductor.config as icfg
     torch.compiler.reset()
+    autotune = flex_block < 128  # as in the timed row: flex's backward below 128 needs autotuned configs
+    icfg.max_autotune, icfg.max_autotune_gemm_backends = (True, "ATEN") if autotune else (False, "ATEN,TRITON,CPP")
     model = EncoderForMaskedLM(mcfg).to(dev)
     model.load_state_dict(init)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -393,7 +396,9 @@ def profile_compiled(steps, init, mcfg, dev, *, flex_block, compile_mode, out, n
     steps_n = len(dev_steps) - 3
     step_ms = wall_ms / steps_n
     kern_ms = total_us / 1e3 / steps_n
+    icfg.max_autotune = False
     res = {"name": name, "compiled": True, "compile_mode": compile_mode, "flex_block_size": flex_block,
+           "max_autotune_flex_only": autotune,
            "steps": steps_n, "step_ms_under_profiler": step_ms, "kernel_ms_per_step": kern_ms,
            "gpu_idle_ms_per_step (launch gaps, host work)": max(0.0, step_ms - kern_ms),
            "families_ms_per_step": {k: v / 1e3 / steps_n for k, v in fam.items()},
@@ -488,6 +493,34 @@ ROWS = {  # name: (strategy, slots per step, precision, compile mode, flex block
 }
 
 
+def finalize(result: dict) -> dict:
+    """Derived figures from a run's own rows: the peak (highest sample) and its spread, MFU by both
+    denominators, the speed-up over the fixed/fp32 row at the same slots, the best row, time to loss."""
+    peaks = result["matmul_peak_samples_tflops"]
+    result["matmul_peak_tflops"] = max(peaks)
+    result["matmul_peak_spread_tflops"] = [min(peaks), max(peaks)]
+    rows = result["rows"]
+    for r in rows:
+        if r.get("strategy") == "padded":  # the first run's label for its only padded rows, the fixed ones
+            r["strategy"] = "fixed"
+        if "error" in r:
+            continue
+        r["mfu"] = r["mfu_measured_peak"] = r["model_tflops"] / max(peaks)
+        r["mfu_datasheet"] = r["model_tflops"] / result["datasheet_peak_tflops"]
+        base = next((b for b in rows if b.get("strategy") == "fixed" and "error" not in b
+                     and b.get("slots_per_step") == r["slots_per_step"]), None)
+        r["baseline"] = base["name"] if base else None
+        r["speedup_vs_fixed_fp32_same_slots"] = r["real_tokens_per_s"] / base["real_tokens_per_s"] if base else None
+    ok = [r for r in rows if "error" not in r and r["strategy"] != "fixed"]
+    if ok:
+        best = max(ok, key=lambda r: r["real_tokens_per_s"])
+        result["best"] = best["name"]
+        base = next((b for b in rows if b.get("name") == best.get("baseline")), None)
+        if base:
+            result["time_to_loss"] = time_to_loss(base, best)
+    return result
+
+
 def part_main(out: str, deadline: float, rows_wanted: list[str], n: int, profile_row: str | None) -> None:
     result = env()
     result["command"] = "PYTHONPATH=. python benchmarks/h200_flex.py " + " ".join(sys.argv[1:])
@@ -538,34 +571,22 @@ def part_main(out: str, deadline: float, rows_wanted: list[str], n: int, profile
             log(f"row {name} failed: {type(e).__name__}: {str(e)[:1500]}")
             rows.append({"name": name, "strategy": strat, "error": f"{type(e).__name__}: {str(e)[:1500]}"})
         if name.endswith("autotune"):
-            icfg.max_autotune = False
+            icfg.max_autotune, icfg.max_autotune_gemm_backends = False, "ATEN,TRITON,CPP"
         save()
         if len(rows) % 3 == 0:
             peaks.append(peak_sample(dev))
     peaks.append(peak_sample(dev))
-    result["matmul_peak_tflops"] = max(peaks)
-    result["matmul_peak_spread_tflops"] = [min(peaks), max(peaks)]
-    for r in rows:
-        if "error" in r:
-            continue
-        r["mfu"] = r["mfu_measured_peak"] = r["model_tflops"] / max(peaks)
-        base = next((b for b in rows if b.get("strategy") == "fixed" and b.get("slots_per_step") == r["slots_per_step"]
-                     and "error" not in b), None)
-        r["baseline"] = base["name"] if base else None
-        r["speedup_vs_fixed_fp32_same_slots"] = r["real_tokens_per_s"] / base["real_tokens_per_s"] if base else None
+    finalize(result)
     ok = [r for r in rows if "error" not in r and r["strategy"] != "fixed"]
     if ok:
-        best = max(ok, key=lambda r: r["real_tokens_per_s"])
-        result["best"] = best["name"]
-        base = next((b for b in rows if b.get("name") == best.get("baseline")), None)
-        if base:
-            result["time_to_loss"] = time_to_loss(base, best)
-            log("time_to_loss", json.dumps(result["time_to_loss"]))
+        best = next(r for r in rows if r.get("name") == result["best"])
+        log("time_to_loss", json.dumps(result.get("time_to_loss")))
         save()
         if time.perf_counter() - T0 < deadline + 60:
             result["loader"] = loader_rate(mc, cfg, 65536, best["median_step_ms"], None)
             save()
         if profile_row and time.perf_counter() - T0 < deadline + 90:
+            profile_row = best["name"] if profile_row == "best" else profile_row
             strat, budget, prec, mode, bs, fused = ROWS[profile_row]
             try:
                 result["profile"] = profile_compiled(cache[(strat, budget)], init, mcfg, dev, flex_block=bs,
@@ -589,14 +610,23 @@ def part_main(out: str, deadline: float, rows_wanted: list[str], n: int, profile
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=("probe", "main"), required=True)
+    ap.add_argument("--part", choices=("probe", "main"), default="main")
     ap.add_argument("--rows", default="fixed-fp32-64k,flex128-64k", help=f"comma-separated, of {list(ROWS)}")
     ap.add_argument("--steps", type=int, default=20, help="steps per pass (cold, then warm)")
-    ap.add_argument("--profile", default=None, help="a ROWS name to profile compiled")
+    ap.add_argument("--profile", default=None, help="a ROWS name (or 'best') to profile compiled")
+    ap.add_argument("--finalize", default=None, help="recompute the derived figures of a result JSON into NAME.final.json (no GPU)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--deadline", type=float, default=300.0, help="seconds after which no new row starts")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
+    if a.finalize:
+        with open(a.finalize) as fh:
+            res = finalize(json.load(fh))
+        res["finalized_by"] = "python benchmarks/h200_flex.py --finalize " + a.finalize
+        with open(a.finalize.replace(".json", ".final.json"), "w") as fh:
+            json.dump(res, fh, indent=1)
+        print(json.dumps({k: res.get(k) for k in ("best", "time_to_loss", "matmul_peak_spread_tflops")}, indent=1))
+        return
     if a.part == "probe":
         part_probe(a.out, a.deadline)
     else:

@@ -24,22 +24,24 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import warnings
+
 import torch
 from torch import Tensor
 
 from ._validate import check_int, fail
 
 try:  # torch >= 2.5
-    from torch.nn.attention.flex_attention import BlockMask, create_block_mask
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, create_mask
     from torch.nn.attention.flex_attention import flex_attention as _torch_flex_attention
 except ImportError:  # pragma: no cover - older torch
     BlockMask = None
-    create_block_mask = None
+    create_block_mask = create_mask = None
     _torch_flex_attention = None
 
-__all__ = ["BlockMask", "FlexSupport", "flex_support", "document_mask_mod", "document_block_mask",
-           "document_block_mask_reference", "flex_kernel_options", "flex_attend", "is_block_mask",
-           "FLEX_BLOCK_SIZES"]
+__all__ = ["BlockMask", "FlexSupport", "FlexFallbackWarning", "flex_support", "document_mask_mod",
+           "document_block_mask", "document_block_mask_reference", "dense_document_mask", "packed_block_mask",
+           "flex_kernel_options", "flex_compile_options", "flex_attend", "is_block_mask", "FLEX_BLOCK_SIZES"]
 
 #: Block sizes the flex path accepts (square tiles; each must divide the row width).
 FLEX_BLOCK_SIZES = (16, 32, 64, 128)
@@ -146,6 +148,30 @@ def document_block_mask(seq_ids: Tensor, block_size: int = 128) -> "BlockMask":
                                     mask_mod=document_mask_mod(seq_ids), seq_lengths=(n, n))
 
 
+def dense_document_mask(seq_ids: Tensor) -> Tensor:
+    """The rule as a dense bool mask ``(B, L, L)`` (``True`` = may attend), for SDPA."""
+    seq_ids = _check_seq_ids(seq_ids)
+    b, n = seq_ids.shape
+    return create_mask(document_mask_mod(seq_ids), b, 1, n, n, device=seq_ids.device)[:, 0]
+
+
+class FlexFallbackWarning(UserWarning):
+    """Training over packed rows fell back from FlexAttention to the dense block mask."""
+
+
+def packed_block_mask(seq_ids: Tensor, block_size: int = 128, *, training: bool = True) -> "BlockMask | Tensor":
+    """The mask a packed step trains with: a :class:`BlockMask` where FlexAttention can train on
+    ``seq_ids``' device; else (the CPU) the dense ``(B, L, L)`` mask of the same rule, with a
+    :class:`FlexFallbackWarning` saying why. Forward-only use (``training=False``) keeps flex."""
+    seq_ids = _check_seq_ids(seq_ids)
+    sup = flex_support(seq_ids.device)
+    if sup.backward or (sup.forward and not training):
+        return document_block_mask(seq_ids, block_size)
+    warnings.warn(f"packed-flex falls back to the dense block mask (the 'packed' path): {sup.reason}",
+                  FlexFallbackWarning, stacklevel=2)
+    return dense_document_mask(seq_ids)
+
+
 def flex_kernel_options(block_size: int) -> dict[str, int] | None:
     """Kernel tile sizes for a block mask of ``block_size``: ``None`` (torch's defaults) at 128.
 
@@ -162,6 +188,18 @@ def flex_kernel_options(block_size: int) -> dict[str, int] | None:
     inner = max(16, block_size // 2)
     return {"BLOCK_M": block_size, "BLOCK_N": block_size, "BLOCK_M1": inner, "BLOCK_N1": block_size,
             "BLOCK_M2": block_size, "BLOCK_N2": inner}
+
+
+def flex_compile_options(block_size: int) -> dict[str, object] | None:
+    """``torch.compile(..., options=...)`` a flex model of ``block_size`` needs: ``None`` at 128.
+
+    Seen on torch 2.11 (H200): below 128 the backward has no kernel config without autotuning
+    (its one default config, 128-wide, is dropped before ``kernel_options`` apply: "No choices
+    exist for backend"). Autotuning the flex kernels only (GEMMs stay cuBLAS) adds a few seconds
+    to the first compile.
+    """
+    flex_kernel_options(block_size)  # validates
+    return None if block_size == 128 else {"max_autotune": True, "max_autotune_gemm_backends": "ATEN"}
 
 
 def flex_attend(q: Tensor, k: Tensor, v: Tensor, block_mask: "BlockMask") -> Tensor:
