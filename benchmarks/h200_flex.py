@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from padlab import bench
-from padlab.attention import document_block_mask, flex_support
+from padlab.attention import document_block_mask, flex_compile_options, flex_support
 from padlab.data import load_corpus, vocab_size
 from padlab.models import IGNORE_INDEX, EncoderConfig, EncoderForMaskedLM, model_flops
 from padlab.packing import PackedCollator, pack
@@ -104,23 +104,31 @@ def mlm_slots(steps_probe: list[dict]) -> int:
 
 # ------------------------------------------------------------------------------------ one row
 
+def compile_model(model, mode: str, flex_block: int | None):
+    """``torch.compile`` for a row: ``mode`` "default" or "cudagraphs" (what "reduce-overhead" turns on).
+
+    Flex rows have static shapes (a changed int must recompile, never go symbolic) and take
+    :func:`padlab.attention.flex_compile_options` (flex autotuning below block 128). Varlen's
+    flat token count changes every step: torch's automatic dynamic shapes handle it.
+    """
+    torch.compiler.reset()  # each row compiles afresh (dynamo's recompile limit is per code object)
+    opts = dict(flex_compile_options(flex_block) or {}) if flex_block else {}
+    if mode == "cudagraphs":
+        opts["triton.cudagraphs"] = True
+    return torch.compile(model, dynamic=False if flex_block else None, options=opts or None)
+
+
 def run_row(name: str, steps: list[dict], init: dict, mcfg: EncoderConfig, dev, *, precision: str,
             flex_block: int | None = None, compile_mode: str | None = None, fused: bool = True,
-            lr: float = 1e-4, peaks: list[float] | None = None) -> dict:
+            lr: float = 1e-4, peaks: list[float] | None = None, passes_: tuple[str, ...] = ("cold", "warm")) -> dict:
     """Train on ``steps`` twice from ``init``: a cold pass (compiles) and a warm pass; both timed."""
     torch.manual_seed(0)
     model = EncoderForMaskedLM(mcfg).to(dev)
     model.load_state_dict(init)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=fused, foreach=None if fused else True)
-    if compile_mode is not None:
-        torch.compiler.reset()  # each row compiles afresh (dynamo's recompile limit is per code object)
-    # Flex rows have static shapes: a changed int must recompile, never go symbolic. Varlen's flat
-    # token count changes every step: torch's automatic dynamic shapes (the default) handle it.
-    dyn = False if flex_block is not None else None
-    run = model if compile_mode is None else (
-        torch.compile(model, dynamic=dyn) if compile_mode == "default"
-        else torch.compile(model, mode=compile_mode, dynamic=dyn))
+    run = model if compile_mode is None else compile_model(model, compile_mode, flex_block)
+    graphs = compile_mode == "cudagraphs"
     bf16 = precision.startswith("bf16")
     tf32 = precision in ("bf16-amp+tf32", "tf32")
     torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -131,6 +139,8 @@ def run_row(name: str, steps: list[dict], init: dict, mcfg: EncoderConfig, dev, 
     torch.cuda.reset_peak_memory_stats()
 
     def step(inp):
+        if graphs:  # tells CUDA-graph trees a new iteration starts (else they may re-record)
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             if flex_block is not None:
                 kw = dict(inp)
@@ -147,7 +157,7 @@ def run_row(name: str, steps: list[dict], init: dict, mcfg: EncoderConfig, dev, 
     g_start = compiled_graphs()
     g_after_first = None
     losses = []
-    for pname in ("cold", "warm"):
+    for pname in passes_:
         ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in dev_steps]
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -167,11 +177,12 @@ def run_row(name: str, steps: list[dict], init: dict, mcfg: EncoderConfig, dev, 
     real = np.array([s["real_tokens"] for s in steps], dtype=np.float64)
     flops = np.array([model_flops(mcfg, s["real_tokens"], s["masked_tokens"], s["seq_lengths"]) for s in steps],
                      dtype=np.float64)
-    warm_s = passes["warm"]["wall_s"]
+    timed = "warm" if "warm" in passes else "cold"
+    warm_s = passes[timed]["wall_s"]
     peak = max(peaks) if peaks else None
     tflops = flops.sum() / warm_s / 1e12
     loss_curve = torch.stack(losses).float().cpu().numpy()
-    per_step = real / (passes["warm"]["step_ms"] / 1e3)
+    per_step = real / (passes[timed]["step_ms"] / 1e3)
     row = {
         "name": name, "strategy": "packed-flex" if flex_block else steps_strategy(steps),
         "precision": precision, "compiled": compile_mode is not None, "compile_mode": compile_mode,
@@ -182,7 +193,7 @@ def run_row(name: str, steps: list[dict], init: dict, mcfg: EncoderConfig, dev, 
         "real_tokens_per_s": float(real.sum() / warm_s),
         "cold_real_tokens_per_s": float(real.sum() / passes["cold"]["wall_s"]),
         "median_step_real_tokens_per_s": float(np.median(per_step)),
-        "median_step_ms": float(np.median(passes["warm"]["step_ms"])),
+        "median_step_ms": float(np.median(passes[timed]["step_ms"])),
         "cold_wall_s": passes["cold"]["wall_s"], "warm_wall_s": warm_s,
         "cold_first_step_ms": float(passes["cold"]["step_ms"][0]),
         "padded_fraction": float(1 - real.sum() / sum(s["slots"] for s in steps)),
@@ -194,7 +205,7 @@ def run_row(name: str, steps: list[dict], init: dict, mcfg: EncoderConfig, dev, 
         "loss": float(loss_curve[-1]),
         # cumulative seconds at the end of each step (cold pass, then warm pass) with the loss of that step
         "loss_curve": loss_curve.tolist(),
-        "step_seconds": np.concatenate([passes["cold"]["step_ms"], passes["warm"]["step_ms"]]).tolist(),
+        "step_seconds": np.concatenate([passes[p]["step_ms"] for p in passes_]).tolist(),
     }
     if compile_mode is not None:
         row["graphs_compiled"] = g_end - g_start
@@ -342,19 +353,16 @@ FAMILIES = (  # first match wins; names as torch.profiler reports the kernels of
 def profile_compiled(steps, init, mcfg, dev, *, flex_block, compile_mode, out, name, n=6) -> dict:
     """torch.profiler over ``n`` steps of the COMPILED row: GPU time by kernel family, and launch gaps."""
     from torch.profiler import ProfilerActivity, profile
-    import torch._inductor.config as icfg
-    torch.compiler.reset()
-    autotune = flex_block < 128  # as in the timed row: flex's backward below 128 needs autotuned configs
-    icfg.max_autotune, icfg.max_autotune_gemm_backends = (True, "ATEN") if autotune else (False, "ATEN,TRITON,CPP")
     model = EncoderForMaskedLM(mcfg).to(dev)
     model.load_state_dict(init)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    run = torch.compile(model, dynamic=False) if compile_mode == "default" else \
-        torch.compile(model, mode=compile_mode, dynamic=False)
+    run = compile_model(model, compile_mode, flex_block)
     torch.backends.cuda.matmul.allow_tf32 = True
     dev_steps = [{k: v.to(dev) for k, v in s["inputs"].items()} for s in steps[:n + 3]]
 
     def step(inp):
+        if compile_mode == "cudagraphs":
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             kw = dict(inp)
             bm = document_block_mask(kw.pop("seq_ids"), flex_block)
@@ -396,9 +404,8 @@ def profile_compiled(steps, init, mcfg, dev, *, flex_block, compile_mode, out, n
     steps_n = len(dev_steps) - 3
     step_ms = wall_ms / steps_n
     kern_ms = total_us / 1e3 / steps_n
-    icfg.max_autotune = False
     res = {"name": name, "compiled": True, "compile_mode": compile_mode, "flex_block_size": flex_block,
-           "max_autotune_flex_only": autotune,
+           "compile_options": flex_compile_options(flex_block),
            "steps": steps_n, "step_ms_under_profiler": step_ms, "kernel_ms_per_step": kern_ms,
            "gpu_idle_ms_per_step (launch gaps, host work)": max(0.0, step_ms - kern_ms),
            "families_ms_per_step": {k: v / 1e3 / steps_n for k, v in fam.items()},
@@ -479,18 +486,57 @@ def time_to_loss(base: dict, best: dict, window: int = 5) -> dict:
 
 
 ROWS = {  # name: (strategy, slots per step, precision, compile mode, flex block, fused optimizer)
+    # run A (data/benchmarks/bench_h200_ablations.json; its autotune row is flex64-64k here, its
+    # "reduce-overhead" rows ran without cudagraph_mark_step_begin)
     "fixed-fp32-64k": ("fixed", 65536, "fp32", None, None, True),
     "flex128-64k": ("packed-flex", 65536, "bf16-amp+tf32", "default", 128, True),
-    "flex128-64k-cudagraphs": ("packed-flex", 65536, "bf16-amp+tf32", "reduce-overhead", 128, True),
+    "flex128-64k-cudagraphs": ("packed-flex", 65536, "bf16-amp+tf32", "cudagraphs", 128, True),
     "flex128-64k-foreach": ("packed-flex", 65536, "bf16-amp+tf32", "default", 128, False),
-    "flex128-64k-eager": ("packed-flex", 65536, "bf16-amp+tf32", None, 128, True),
     "fixed-fp32-16k": ("fixed", 16384, "fp32", None, None, True),
     "flex128-16k": ("packed-flex", 16384, "bf16-amp+tf32", "default", 128, True),
-    "flex128-16k-cudagraphs": ("packed-flex", 16384, "bf16-amp+tf32", "reduce-overhead", 128, True),
+    "flex128-16k-cudagraphs": ("packed-flex", 16384, "bf16-amp+tf32", "cudagraphs", 128, True),
     "varlen-64k": ("packed-varlen", 65536, "bf16-amp+tf32", "default", None, True),
-    "flex128-128k": ("packed-flex", 131072, "bf16-amp+tf32", "default", 128, True),
-    "flex64-64k-autotune": ("packed-flex", 65536, "bf16-amp+tf32", "default", 64, True),
+    "flex64-64k": ("packed-flex", 65536, "bf16-amp+tf32", "default", 64, True),
+    # run B
+    "flex32-64k": ("packed-flex", 65536, "bf16-amp+tf32", "default", 32, True),
+    "flex64-64k-cudagraphs": ("packed-flex", 65536, "bf16-amp+tf32", "cudagraphs", 64, True),
+    "fixed-fp32-128k": ("fixed", 131072, "fp32", None, None, True),
+    "flex64-128k": ("packed-flex", 131072, "bf16-amp+tf32", "default", 64, True),
+    "flex32-128k": ("packed-flex", 131072, "bf16-amp+tf32", "default", 32, True),
 }
+
+
+def base_row_for(result: dict, row: dict) -> dict | None:
+    return next((b for b in result["rows"] if b.get("name") == row.get("baseline")), None)
+
+
+def steps_for(name: str, mc, cfg, n: int, epoch0: int = 0) -> list[dict]:
+    """Collated steps of a ROWS entry: ``n`` steps of its strategy at its slots per step."""
+    import dataclasses
+    strat, budget = ROWS[name][:2]
+    c = dataclasses.replace(cfg, budget=budget, seqs_per_step=budget // 512)
+    plan = bench.plan_batches("fixed" if strat == "fixed" else "packed", mc, c, n, epoch0=epoch0)
+    if strat == "fixed":
+        return harness_steps("fixed", mc, plan, c, None)
+    if strat == "packed-varlen":
+        steps = harness_steps(strat, mc, plan, c, None)
+        return harness_steps(strat, mc, plan, c, mlm_slots(steps))
+    steps = flex_steps(mc, plan, 512, "ffd", None)
+    return flex_steps(mc, plan, 512, "ffd", mlm_slots(steps))
+
+
+def loss_race(result, best, mc, cfg, mcfg, init, dev, n: int) -> list[dict]:
+    """The baseline and the best row again, from the same weights, over ``n`` fresh steps each (one
+    pass, nothing repeated): the curves behind ``time_to_loss``."""
+    out = []
+    for row in (base_row_for(result, best), best):
+        strat, budget, prec, mode, bs, fused = ROWS[row["name"]]
+        steps = steps_for(row["name"], mc, cfg, n, epoch0=500)
+        r = run_row(row["name"], steps, init, mcfg, dev, precision=prec, flex_block=bs, compile_mode=mode,
+                    fused=fused, passes_=("cold",))
+        out.append({k: r[k] for k in ("name", "strategy", "precision", "compiled", "steps", "loss_curve",
+                                      "step_seconds", "real_tokens_per_step", "slots_per_step")})
+    return out
 
 
 def finalize(result: dict) -> dict:
@@ -516,12 +562,18 @@ def finalize(result: dict) -> dict:
         best = max(ok, key=lambda r: r["real_tokens_per_s"])
         result["best"] = best["name"]
         base = next((b for b in rows if b.get("name") == best.get("baseline")), None)
-        if base:
+        race = result.get("loss_race")
+        if race and len(race) == 2:
+            result["time_to_loss"] = time_to_loss(race[0], race[1])
+            result["time_to_loss"]["source"] = "loss_race: fresh steps, one pass each, same initial weights"
+        elif base:
             result["time_to_loss"] = time_to_loss(base, best)
+            result["time_to_loss"]["source"] = "the timed rows: cold pass then the same steps again (warm)"
     return result
 
 
-def part_main(out: str, deadline: float, rows_wanted: list[str], n: int, profile_row: str | None) -> None:
+def part_main(out: str, deadline: float, rows_wanted: list[str], n: int, profile_row: str | None,
+              race: int = 0, race_row: str | None = None) -> None:
     result = env()
     result["command"] = "PYTHONPATH=. python benchmarks/h200_flex.py " + " ".join(sys.argv[1:])
     dev, cfg, mc, mcfg, init = common()
@@ -546,32 +598,14 @@ def part_main(out: str, deadline: float, rows_wanted: list[str], n: int, profile
         strat, budget, prec, mode, bs, fused = ROWS[name]
         key = (strat, budget)
         if key not in cache:
-            c, plan = packed_plan(mc, cfg, budget, n) if strat != "fixed" else (None, None)
-            if strat == "fixed":
-                import dataclasses
-                c = dataclasses.replace(cfg, budget=budget, seqs_per_step=budget // 512)
-                plan = bench.plan_batches("fixed", mc, c, n)
-                steps = harness_steps("fixed", mc, plan, c, None)
-            elif strat == "packed-varlen":
-                steps = harness_steps(strat, mc, plan, c, None)
-                steps = harness_steps(strat, mc, plan, c, mlm_slots(steps))
-            else:
-                steps = flex_steps(mc, plan, 512, "ffd", None)
-                steps = flex_steps(mc, plan, 512, "ffd", mlm_slots(steps))
-            cache[key] = steps
+            cache[key] = steps_for(name, mc, cfg, n)
         steps = cache[key]
-        if name.endswith("autotune"):
-            import torch._inductor.config as icfg
-            icfg.max_autotune = True                 # flex's backward at block 64 has no default config on 2.11
-            icfg.max_autotune_gemm_backends = "ATEN"  # autotune only the flex kernels, not the GEMMs
         try:
             rows.append(run_row(name, steps, init, mcfg, dev, precision=prec, flex_block=bs, compile_mode=mode,
                                 fused=fused, peaks=peaks))
         except Exception as e:
             log(f"row {name} failed: {type(e).__name__}: {str(e)[:1500]}")
             rows.append({"name": name, "strategy": strat, "error": f"{type(e).__name__}: {str(e)[:1500]}"})
-        if name.endswith("autotune"):
-            icfg.max_autotune, icfg.max_autotune_gemm_backends = False, "ATEN,TRITON,CPP"
         save()
         if len(rows) % 3 == 0:
             peaks.append(peak_sample(dev))
@@ -580,17 +614,21 @@ def part_main(out: str, deadline: float, rows_wanted: list[str], n: int, profile
     ok = [r for r in rows if "error" not in r and r["strategy"] != "fixed"]
     if ok:
         best = next(r for r in rows if r.get("name") == result["best"])
+        racer = next((r for r in rows if r.get("name") == race_row), best) if race_row else best
+        if race and base_row_for(result, racer) and time.perf_counter() - T0 < deadline + 120:
+            result["loss_race"] = loss_race(result, racer, mc, cfg, mcfg, init, dev, race)
+            finalize(result)
         log("time_to_loss", json.dumps(result.get("time_to_loss")))
         save()
         if time.perf_counter() - T0 < deadline + 60:
-            result["loader"] = loader_rate(mc, cfg, 65536, best["median_step_ms"], None)
+            result["loader"] = loader_rate(mc, cfg, int(best["slots_per_step"]), best["median_step_ms"], None)
             save()
         if profile_row and time.perf_counter() - T0 < deadline + 90:
             profile_row = best["name"] if profile_row == "best" else profile_row
             strat, budget, prec, mode, bs, fused = ROWS[profile_row]
             try:
                 result["profile"] = profile_compiled(cache[(strat, budget)], init, mcfg, dev, flex_block=bs,
-                                                     compile_mode="default", out=out, name=profile_row)
+                                                     compile_mode=mode, out=out, name=profile_row)
             except Exception as e:
                 log(f"profile failed: {type(e).__name__}: {str(e)[:800]}")
             save()
@@ -613,6 +651,8 @@ def main() -> None:
     ap.add_argument("--part", choices=("probe", "main"), default="main")
     ap.add_argument("--rows", default="fixed-fp32-64k,flex128-64k", help=f"comma-separated, of {list(ROWS)}")
     ap.add_argument("--steps", type=int, default=20, help="steps per pass (cold, then warm)")
+    ap.add_argument("--race", type=int, default=0, help="fresh steps for the baseline-vs-best loss race (0: none)")
+    ap.add_argument("--race-row", default=None, help="the row that races its baseline (default: the best row)")
     ap.add_argument("--profile", default=None, help="a ROWS name (or 'best') to profile compiled")
     ap.add_argument("--finalize", default=None, help="recompute the derived figures of a result JSON into NAME.final.json (no GPU)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -630,7 +670,7 @@ def main() -> None:
     if a.part == "probe":
         part_probe(a.out, a.deadline)
     else:
-        part_main(a.out, a.deadline, a.rows.split(","), a.steps, a.profile)
+        part_main(a.out, a.deadline, a.rows.split(","), a.steps, a.profile, a.race, a.race_row)
 
 
 if __name__ == "__main__":
