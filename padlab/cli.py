@@ -6,11 +6,17 @@ import json
 import sys
 from typing import Sequence
 
+from ._validate import PadlabError, check_int, fail
+
 
 def _cmd_waste(args: argparse.Namespace) -> int:
     from .data import load_corpus
     from .strategies import waste_table
 
+    # Checked here, so the message names the option the user typed.
+    check_int("--batch-size", args.batch_size, min_value=1)
+    check_int("--max-length", args.max_length, min_value=1)
+    check_int("--seed", args.seed, min_value=0)
     corpus = load_corpus(args.corpus)
     rows = [r.as_dict() for r in waste_table(corpus.lengths, batch_size=args.batch_size,
                                                max_length=args.max_length, seed=args.seed)]
@@ -52,7 +58,6 @@ def _json_number(v):
 
 def _cmd_floats(args: argparse.Namespace) -> int:
     from .floats import FORMATS, decompose, get_format
-    from ._validate import fail
 
     names = list(FORMATS) if args.formats is None else [
         get_format(n).name for n in args.formats.split(",") if n.strip()]
@@ -65,10 +70,12 @@ def _cmd_floats(args: argparse.Namespace) -> int:
             print(f"padlab floats: {name} skipped: it has no NaN encoding", file=sys.stderr)
             continue
         rows.append(decompose(args.value, name).as_dict())
+    if not rows:  # every format asked for was skipped: nothing to show is a failure, not an empty table
+        raise fail("--formats", args.formats, f"include a format that can store {args.value!r} (one with a NaN encoding)")
     if args.json:
         print(json.dumps([{k: _json_number(v) for k, v in r.items()} for r in rows], indent=2))
         return 0
-    print(f"value {args.value} (as float64: {rows[0]['value']!r})" if rows else f"value {args.value}")
+    print(f"value {args.value} (as float64: {rows[0]['value']!r})")
     print(f"{'format':<12}{'stored':>24}  {'rel. error':>10}  {'kind':<10}{'exp':>6}  "
           f"{'hex':<20}bits (sign exponent mantissa)")
     for r in rows:
@@ -92,7 +99,10 @@ def _add_floats(sub) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import PRECISIONS, STRATEGIES, BenchConfig, format_table, run_benchmark
+    from .experiments.bench import PRECISIONS, BenchConfig, format_table, run_benchmark
+    from .experiments.results import save_result
+    from .precision import POLICIES
+    from .strategies import STRATEGIES
 
     def names(text: str | None, allowed: tuple[str, ...], arg: str) -> tuple[str, ...]:
         if text is None:
@@ -100,25 +110,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         out = tuple(x.strip() for x in text.split(",") if x.strip())
         bad = [x for x in out if x not in allowed]
         if bad or not out:
-            raise ValueError(f"{arg} must be a comma-separated list of {', '.join(allowed)}; got {text!r}")
+            raise fail(arg, text, f"be a comma-separated list of {', '.join(allowed)}")
         return out
 
-    quick = dict(model="tiny", timed_steps=5, budget=8 * 128, capacity=128, seqs_per_step=8) if args.quick else {}
-    cfg = BenchConfig(strategies=names(args.strategies, STRATEGIES, "--strategies"),
-                      precisions=names(args.precisions, ("fp32", "bf16-amp") if args.quick else PRECISIONS, "--precisions"),
+    quick = dict(model="tiny", timed_steps=5, max_tokens=8 * 128, max_length=128, seqs_per_step=8) if args.quick else {}
+    precisions = names(args.precisions, tuple(POLICIES), "--precisions") if args.precisions else \
+        (("fp32", "bf16-amp") if args.quick else PRECISIONS)
+    cfg = BenchConfig(strategies=names(args.strategies, tuple(STRATEGIES), "--strategies"),
+                      precisions=precisions,
                       work=args.work, seed=args.seed, device=args.device, progress=not args.no_progress,
                       compile=tuple(args.compile or ()),
                       **{**quick, **({"timed_steps": args.timed_steps} if args.timed_steps else {})})
     result = run_benchmark(cfg, command="padlab " + " ".join(args.raw_argv))
     print(format_table(result))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1)
+        save_result(result, args.json)
         print(f"wrote {args.json}")
     if args.png:
         from .viz import bench_summary
 
-        bench_summary(result).savefig(args.png, dpi=120)
+        bench_summary(result["rows"], device=result["device"]).savefig(args.png, dpi=120)
         print(f"wrote {args.png}")
     return 0
 
@@ -127,7 +138,8 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="train a masked LM under every batching strategy x precision; JSON and PNG out")
     p.add_argument("--quick", action="store_true", help="a tiny model and few steps: under a minute on a CPU")
     p.add_argument("--strategies", help="comma-separated subset of the strategies")
-    p.add_argument("--precisions", help="comma-separated subset of fp32,tf32,fp16-amp,bf16-amp")
+    p.add_argument("--precisions", help="comma-separated policy names (padlab.precision.POLICIES; "
+                                         "default fp32,tf32,fp16-amp,bf16-amp)")
     p.add_argument("--work", choices=("tokens", "sequences"), default="tokens",
                    help="equal token slots per step (default) or equal sequences per step")
     p.add_argument("--timed-steps", type=int, default=None)
@@ -153,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.raw_argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         return args.func(args)
-    except ValueError as e:  # padlab's argument errors: one clear line, no traceback
+    except PadlabError as e:  # a bad argument: one clear line. Anything else is a bug: its traceback shows.
         print(f"padlab {args.command}: error: {e}", file=sys.stderr)
         return 2
 
