@@ -296,7 +296,10 @@ def part_main(a) -> None:
                                            compile_model=ROWS[name][3]) | {"name": name})
             log(f"loss curve {name}: {a.race} steps, final {curves[-1]['loss'][-1]:.3f}, {curves[-1]['wall_s']:.1f} s")
         result["loss_curves"] = curves
-        result["time_to_loss"] = results.time_to_loss(curves[0], curves[1])
+        try:
+            result["time_to_loss"] = results.time_to_loss(curves[0], curves[1])
+        except ValueError as e:  # a too-short race is a finding, not the end of the run
+            result["time_to_loss"] = str(e)
         log("time_to_loss", json.dumps(result["time_to_loss"]))
         save()
     if best and time.perf_counter() - T0 < a.deadline + 180:
