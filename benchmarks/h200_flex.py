@@ -287,7 +287,7 @@ def part_main(a) -> None:
     best = max(fast, key=lambda r: r["real_tokens_per_s"]) if fast else None
     result["best"] = best["name"] if best else None
     save()
-    if best and a.race and time.perf_counter() - T0 < a.deadline + 150:
+    if best and a.race and time.perf_counter() - T0 < a.deadline + 70:
         base_name = "fixed/fp32" if ROWS[best["name"]][2] == 65536 else "fixed/fp32@16k"
         curves = []
         for name in (base_name, best["name"]):
@@ -302,7 +302,7 @@ def part_main(a) -> None:
             result["time_to_loss"] = str(e)
         log("time_to_loss", json.dumps(result["time_to_loss"]))
         save()
-    if best and time.perf_counter() - T0 < a.deadline + 180:
+    if best and time.perf_counter() - T0 < a.deadline + 110:
         strategy = best["strategy"]
         cfg = row_cfg(base, best["name"], 60)
         gpu = 1e3 / best["median_step_ms"]
@@ -313,7 +313,7 @@ def part_main(a) -> None:
             result["loader"].append(rate)
             log("loader", json.dumps(rate))
         save()
-    if a.peers and time.perf_counter() - T0 < a.deadline + 200:
+    if a.peers and time.perf_counter() - T0 < a.deadline + 120:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from peers import peer_rows
         try:
@@ -325,7 +325,7 @@ def part_main(a) -> None:
         except Exception as e:
             result["peers"] = f"{type(e).__name__}: {e}"
         save()
-    if best and best.get("compiled") and a.profile and dev.type == "cuda" and time.perf_counter() - T0 < a.deadline + 230:
+    if best and best.get("compiled") and a.profile and dev.type == "cuda" and time.perf_counter() - T0 < a.deadline + 135:
         try:
             result["profile"] = profile_compiled(best["name"], mc, mcfg, init, dev, base, a.out)
         except Exception as e:
