@@ -114,3 +114,22 @@ def test_bad_input():
         BenchConfig(compile_mode="max-autotune")
     with pytest.raises(PadlabError, match="best"):
         results.time_to_loss({"loss": [1.0, 2.0]}, {"loss": [1.0]}, window=1)
+
+
+def test_the_shipped_h200_reference():
+    res = results.load_result("h200")
+    assert "H200" in res["device"] and not results.is_history(res)
+    assert res["datasheet_peak_tflops"] == 989.4 and res["datasheet_peak_source"]
+    assert res["matmul_peak_tflops"] == max(res["matmul_peak_samples_tflops"])
+    rows = {r["name"]: r for r in res["rows"] if "error" not in r}
+    best = rows[res["best"]]
+    assert best["strategy"] == "packed-flex" and best["compiled"] and best["recompiles"] == 0
+    for r in rows.values():
+        for key in ("strategy", "precision", "real_tokens_per_s", "slots_per_step", "model_tflops", "mfu",
+                    "mfu_datasheet", "cold_real_tokens_per_s", "median_step_real_tokens_per_s"):
+            assert key in r
+    base = rows["fixed/fp32"]
+    assert best["slots_per_step"] == base["slots_per_step"] == 65536
+    assert best["speedup_vs_fixed_fp32_same_slots"] == pytest.approx(best["real_tokens_per_s"] / base["real_tokens_per_s"])
+    t = res["time_to_loss"]
+    assert t["ratio"] == pytest.approx(t["baseline"]["seconds"] / t["best"]["seconds"])

@@ -41,14 +41,15 @@ WORK = ("tokens", "sequences")
 
 #: The shipped reference results (``data/benchmarks/``), by what they hold.
 SHIPPED = {"tokens": "bench_h100_tokens.json", "extra": "bench_h100_extra.json",
-           "tune": "bench_h100_tune.json", "sdpa_probe": "h100_sdpa_probe.json"}
+           "tune": "bench_h100_tune.json", "sdpa_probe": "h100_sdpa_probe.json",
+           "h200": "bench_h200.json"}
 
 
 def load_result(path: Any) -> dict[str, Any]:
     """Read a benchmark JSON file (a ``padlab bench`` result or one of the reference files).
 
     ``path`` may also be a key of :data:`SHIPPED` (``"tokens"``, ``"extra"``, ``"tune"``,
-    ``"sdpa_probe"``): the shipped H100 file of that name.
+    ``"sdpa_probe"``: the shipped H100 files, history; ``"h200"``: the H200 reference run).
     """
     from ..data import data_dir
 
