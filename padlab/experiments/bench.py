@@ -362,10 +362,18 @@ def sync(device: torch.device) -> None:
 
 
 class StepTimer:
-    """CUDA events on a GPU, the host clock elsewhere; ``.ms`` after the block."""
+    """CUDA events on a GPU, the host clock elsewhere; ``.ms`` after the block.
 
-    def __init__(self, device: torch.device) -> None:
+    ``sync=False`` (GPU) records the end event without waiting for it: the host goes on to queue
+    the next step while this one runs, and ``.ms`` waits for the event when first read (read it
+    after the loop). Consecutive steps' events then tile the GPU's timeline, so their sum is the
+    loop's GPU time without the host's per-step preparation showing as idle GPU.
+    """
+
+    def __init__(self, device: torch.device, sync: bool = True) -> None:
         self.cuda = device.type == "cuda"
+        self.sync = sync
+        self._ms: float | None = None
 
     def __enter__(self) -> "StepTimer":
         if self.cuda:
@@ -378,10 +386,19 @@ class StepTimer:
     def __exit__(self, *exc: Any) -> None:
         if self.cuda:
             self.b.record()
-            self.b.synchronize()
-            self.ms = self.a.elapsed_time(self.b)
+            if self.sync:
+                self.b.synchronize()
+                self._ms = self.a.elapsed_time(self.b)
         else:
-            self.ms = (time.perf_counter() - self.t0) * 1e3
+            self._ms = (time.perf_counter() - self.t0) * 1e3
+
+    @property
+    def ms(self) -> float:
+        """Milliseconds from the block's start to its end (waits for the end event if needed)."""
+        if self._ms is None:
+            self.b.synchronize()
+            self._ms = self.a.elapsed_time(self.b)
+        return self._ms
 
 
 def matmul_peak_tflops(device: torch.device, n: int = 8192, reps: int = 10, dtype: torch.dtype = torch.bfloat16) -> float:
@@ -443,8 +460,9 @@ def run_row(strategy: str, precision: str, steps: Sequence[dict[str, Any]], init
 
     ``"cold"`` is the first pass (every shape seen once, compilation included), ``"warm"`` the
     same steps again. Every step is :func:`padlab.train.train_step` with ``measure=False`` (no
-    host sync inside the step). Each pass's throughput is one statistic, total real tokens over
-    the pass's total step time (CUDA events); the median step's rate is a second column.
+    host sync inside the step, none between steps: :class:`StepTimer` with ``sync=False``). Each
+    pass's throughput is one statistic, total real tokens over the pass's total step time (CUDA
+    events); the median step's rate is a second column.
     Compiled rows report ``recompiles``: graphs compiled after the first step.
     """
     prep = prepare_row(precision, init_state, mcfg, cfg, device)
@@ -467,14 +485,18 @@ def run_row(strategy: str, precision: str, steps: Sequence[dict[str, Any]], init
     with sdpa_backends(cfg.sdpa_backends), tf32_context(prep.policy):
         for p in passes:
             t_start = time.perf_counter()
+            timers = []
             for inp in dev_steps:
-                with StepTimer(device) as t:
+                # No host sync between steps: the next step is queued while this one runs.
+                with StepTimer(device, sync=False) as t:
                     rec = step(inp)
-                ms[p].append(t.ms)
+                timers.append(t)
                 losses.append(rec.loss_tensor.clone())  # a CUDA-graph output is overwritten by the next replay
                 scales.append(prep.scaler.get_scale() if prep.scaler is not None else 1.0)
                 g_first = compiled_graphs() if g_first is None else g_first
+            sync(device)
             wall[p] = time.perf_counter() - t_start
+            ms[p] = [t.ms for t in timers]
     timed, first = passes[-1], passes[0]
     real = np.array([s["real_tokens"] for s in steps], dtype=np.float64)
     slots = np.array([s["slots"] for s in steps], dtype=np.float64)
@@ -551,17 +573,19 @@ def loss_curve(strategy: str, precision: str, mc: MaskedCorpus, cfg: BenchConfig
         batches = [collate_step(strategy, mc, p, cfg, mlm_slots=slots) for p in planned]
     prep = prepare_row(precision, init_state, mcfg, cfg, device)
     model = compile_for(prep.model, strategy, cfg) if compile_model else prep.model
-    losses, seen, n, ms = [], [], 0, []
+    losses, seen, n, timers = [], [], 0, []
     t0 = time.perf_counter()
     with tf32_context(prep.policy):
         for b in batches:
-            with StepTimer(device) as t:  # compilation lands in the first step: the curve is what a run sees
+            with StepTimer(device, sync=False) as t:  # compilation lands in the first step: what a run sees
                 rec = train_step(model, to_device(b["inputs"], device), prep.optimizer, prep.policy, prep.scaler,
                                  mlm_loss, measure=False)
-            ms.append(t.ms)
+            timers.append(t)
             losses.append(rec.loss_tensor.clone())
             n += b["sequences"]
             seen.append(n)
+    sync(device)
+    ms = [t.ms for t in timers]
     return {"strategy": strategy, "precision": precision, "compiled": compile_model, "examples_seen": seen,
             "loss": [float(x) for x in torch.stack(losses).float().cpu()], "step_ms": ms,
             "wall_s": time.perf_counter() - t0}
