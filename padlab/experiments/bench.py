@@ -55,7 +55,7 @@ from .._validate import check_choice, check_int, fail
 from ..attention import FLEX_BLOCK_SIZES, flex_compile_options, packed_block_mask
 from ..data import Corpus, load_corpus, vocab_size
 from ..env import resolve_device
-from ..models import IGNORE_INDEX, EncoderConfig, EncoderForMaskedLM, mask_tokens, model_flops
+from ..models import IGNORE_INDEX, EncoderConfig, EncoderForMaskedLM, mask_tokens, model_flops, parameter_counts
 from ..precision import POLICIES, PolicyWarning, prepare, tf32_context
 from ..strategies import STRATEGIES, Plan, plan
 from ..train import StepRecord, to_device, train_step
@@ -65,7 +65,7 @@ __all__ = ["DATASHEET_BF16_TFLOPS", "compile_for", "compiled_graphs", "add_peaks
            "MaskedCorpus", "PRECISIONS", "WORK", "mask_corpus", "model_config", "batch_size_for_budget",
            "step_plan", "plan_steps", "collate_step", "mlm_loss", "StepTimer", "sync", "matmul_peak_tflops",
            "sdpa_backends", "prepare_row", "run_row", "PlannedSteps", "probe_losses", "loss_curve",
-           "loader_rate", "run_benchmark", "format_table"]
+           "loader_rate", "run_benchmark", "format_table", "padded_widths", "flop_shares"]
 
 _BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
              "math": "MATH"}
@@ -745,3 +745,38 @@ def format_table(result: dict[str, Any]) -> str:
                      f"{r['padded_fraction']:>8.1%}{mem:>9}{r['model_tflops']:>9.1f}{mfu:>7}{mds:>7}{sp:>9}{r['loss']:>8.3f}"
                      f"{str(r.get('recompiles', '-')):>7}")
     return "\n".join(lines)
+
+
+def padded_widths(strategy: str, cfg: Any, n_steps: int | None = None) -> np.ndarray:
+    """The padded width (tokens per row) of each of the first ``n_steps`` steps of a padding strategy
+    under a :class:`BenchConfig` (the bench's own plan).
+
+    Each distinct width is a new tensor shape: kernels that plan per shape (cuDNN attention)
+    pay that planning once per width.
+    """
+    if not isinstance(cfg, BenchConfig):
+        raise fail("cfg", cfg, "be a BenchConfig")
+    check_choice("strategy", strategy, tuple(s for s, spec in STRATEGIES.items() if not spec.packs))
+    n_steps = check_int("n_steps", n_steps if n_steps is not None else cfg.timed_steps, min_value=1)
+    corpus = load_corpus(cfg.corpus)
+    lens = np.minimum(corpus.lengths, cfg.max_length)
+    # Only the lengths matter for the plan: no masks drawn.
+    mc = MaskedCorpus(corpus, corpus.token_ids, corpus.token_ids, lens)
+    widths = []
+    for step in plan_steps(strategy, mc, cfg, n_steps)[0]:
+        w = cfg.max_length if strategy == "fixed" else int(lens[step].max())
+        if strategy == "dynamic-multiple":
+            w = min(cfg.max_length, -(-w // cfg.pad_to_multiple_of) * cfg.pad_to_multiple_of)
+        widths.append(w)
+    return np.array(widths, dtype=np.int64)
+
+
+def flop_shares(model: str, seq_lengths: Any, masked_tokens: int, max_length: int = 512) -> dict[str, float]:
+    """Shares of :func:`padlab.models.model_flops` (real work) for one step of ``seq_lengths``:
+    ``"attention"`` (``12 x layers x hidden x sum(len^2)``), ``"mlm head"`` and ``"body matmuls"``."""
+    mcfg = model_config(model, max_length)
+    lens = np.asarray(seq_lengths, dtype=np.int64)
+    total = model_flops(mcfg, int(lens.sum()), masked_tokens, lens)
+    attn = 12 * mcfg.layers * mcfg.hidden * int((lens ** 2).sum())
+    head = 6 * parameter_counts(mcfg)["mlm_head"] * masked_tokens
+    return {"attention": attn / total, "mlm head": head / total, "body matmuls": (total - attn - head) / total}

@@ -34,7 +34,7 @@ from .._validate import check_choice, check_int, fail
 from ..precision import POLICIES
 
 __all__ = ["SHIPPED", "WORK", "load_result", "save_result", "is_history", "result_for_work", "rows_where", "best_row",
-           "row_label", "speedups", "curve_seconds", "loss_at", "time_to_loss", "padded_widths", "flop_shares",
+           "row_label", "speedups", "curve_seconds", "loss_at", "time_to_loss",
            "load_matrix", "summarize_matrix", "speed_table"]
 
 WORK = ("tokens", "sequences")
@@ -206,48 +206,6 @@ def time_to_loss(baseline: dict[str, Any], best: dict[str, Any], *, window: int 
         b, t = out["baseline"][field], out["best"][field]
         out[key] = b / t if b and t else None
     return out
-
-
-def padded_widths(strategy: str, cfg: Any, n_steps: int | None = None) -> np.ndarray:
-    """The padded width (tokens per row) of each of the first ``n_steps`` steps of a padding strategy
-    under a :class:`~padlab.experiments.bench.BenchConfig` (the bench's own plan).
-
-    Each distinct width is a new tensor shape: kernels that plan per shape (cuDNN attention)
-    pay that planning once per width.
-    """
-    from ..data import load_corpus
-    from ..strategies import STRATEGIES
-    from .bench import BenchConfig, MaskedCorpus, plan_steps
-
-    if not isinstance(cfg, BenchConfig):
-        raise fail("cfg", cfg, "be a BenchConfig")
-    check_choice("strategy", strategy, tuple(s for s, spec in STRATEGIES.items() if not spec.packs))
-    n_steps = check_int("n_steps", n_steps if n_steps is not None else cfg.timed_steps, min_value=1)
-    corpus = load_corpus(cfg.corpus)
-    lens = np.minimum(corpus.lengths, cfg.max_length)
-    # Only the lengths matter for the plan: no masks drawn.
-    mc = MaskedCorpus(corpus, corpus.token_ids, corpus.token_ids, lens)
-    widths = []
-    for step in plan_steps(strategy, mc, cfg, n_steps)[0]:
-        w = cfg.max_length if strategy == "fixed" else int(lens[step].max())
-        if strategy == "dynamic-multiple":
-            w = min(cfg.max_length, -(-w // cfg.pad_to_multiple_of) * cfg.pad_to_multiple_of)
-        widths.append(w)
-    return np.array(widths, dtype=np.int64)
-
-
-def flop_shares(model: str, seq_lengths: Any, masked_tokens: int, max_length: int = 512) -> dict[str, float]:
-    """Shares of :func:`padlab.models.model_flops` (real work) for one step of ``seq_lengths``:
-    ``"attention"`` (``12 x layers x hidden x sum(len^2)``), ``"mlm head"`` and ``"body matmuls"``."""
-    from ..models import model_flops, parameter_counts
-    from .bench import model_config
-
-    mcfg = model_config(model, max_length)
-    lens = np.asarray(seq_lengths, dtype=np.int64)
-    total = model_flops(mcfg, int(lens.sum()), masked_tokens, lens)
-    attn = 12 * mcfg.layers * mcfg.hidden * int((lens ** 2).sum())
-    head = 6 * parameter_counts(mcfg)["mlm_head"] * masked_tokens
-    return {"attention": attn / total, "mlm head": head / total, "body matmuls": (total - attn - head) / total}
 
 
 # --------------------------------------------------------------------------- amp matrix results
