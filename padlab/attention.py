@@ -29,7 +29,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from ._validate import check_int, fail
+from ._validate import check_bool, check_int, fail
 
 try:  # torch >= 2.5
     from torch.nn.attention.flex_attention import BlockMask, create_block_mask, create_mask
@@ -92,13 +92,22 @@ def _check_block(block_size: int, width: int) -> int:
     return block_size
 
 
-def document_mask_mod(seq_ids: Tensor) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
-    """The document rule as a FlexAttention ``mask_mod(b, h, q, kv)`` over ``seq_ids`` ``(B, L)``."""
+def document_mask_mod(seq_ids: Tensor, *, causal: bool = False) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
+    """The document rule as a FlexAttention ``mask_mod(b, h, q, kv)`` over ``seq_ids`` ``(B, L)``.
+
+    A token attends to the tokens of its own sequence (and only to earlier ones when ``causal``);
+    a padding token (id -1) only to itself. The one definition of the rule: the encoder's
+    packed-flex path, the dense masks and :mod:`padlab.hf`'s decoder masks all evaluate it.
+    """
     seq_ids = _check_seq_ids(seq_ids)
+    causal = check_bool("causal", causal)
 
     def mask_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
         sq = seq_ids[b, q]
-        return ((sq == seq_ids[b, kv]) & (sq >= 0)) | (q == kv)
+        same = (sq == seq_ids[b, kv]) & (sq >= 0)
+        if causal:
+            same = same & (q >= kv)
+        return same | (q == kv)
 
     return mask_mod
 
@@ -148,11 +157,11 @@ def document_block_mask(seq_ids: Tensor, block_size: int = 128) -> "BlockMask":
                                     mask_mod=document_mask_mod(seq_ids), seq_lengths=(n, n))
 
 
-def dense_document_mask(seq_ids: Tensor) -> Tensor:
+def dense_document_mask(seq_ids: Tensor, *, causal: bool = False) -> Tensor:
     """The rule as a dense bool mask ``(B, L, L)`` (``True`` = may attend), for SDPA."""
     seq_ids = _check_seq_ids(seq_ids)
     b, n = seq_ids.shape
-    return create_mask(document_mask_mod(seq_ids), b, 1, n, n, device=seq_ids.device)[:, 0]
+    return create_mask(document_mask_mod(seq_ids, causal=causal), b, 1, n, n, device=seq_ids.device)[:, 0]
 
 
 class FlexFallbackWarning(UserWarning):
