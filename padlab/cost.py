@@ -15,7 +15,8 @@ from .precision import POLICIES
 
 __all__ = ["BYTES_PER_ELEMENT", "PARAMETER_STORAGE", "OPTIMIZER_STATES", "SDPA_KERNELS", "CAST_MODULES",
            "ParameterMemory", "parameter_memory", "cast_parameters", "measured_parameter_memory",
-           "saved_activation_bytes", "op_names", "sdpa_ops", "sdpa_backend_used", "flop_count", "median_time"]
+           "saved_activation_bytes", "op_names", "sdpa_ops", "sdpa_backend_used", "flop_count", "median_time",
+           "Scaling", "time_scaling"]
 
 #: Bytes per element of each storage precision.
 BYTES_PER_ELEMENT = {"fp64": 8, "fp32": 4, "bf16": 2, "fp16": 2}
@@ -405,3 +406,54 @@ def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
         sync()
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How a time grows with a size, measured over several rounds (see :func:`time_scaling`).
+
+    ``times[k]`` is the median over rounds of size ``sizes[k]``'s median time (s); ``ratios[k]`` is the
+    median over rounds of ``time(sizes[k+1]) / time(sizes[k])`` within one round, ``low[k]``/``high[k]``
+    the smallest and largest of those per-round ratios (the spread the load caused); ``exponents[k]``
+    is ``log(ratio) / log(size ratio)``: 2 for a cost that grows with the square of the size.
+    """
+
+    sizes: tuple[int, ...]
+    times: tuple[float, ...]
+    ratios: tuple[float, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    exponents: tuple[float, ...]
+    rounds: int
+    repeats: int
+
+
+def time_scaling(make_fn, sizes, *, repeats: int = 5, warmup: int = 1, rounds: int = 5) -> Scaling:
+    """Time ``make_fn(size)()`` for each size, ``rounds`` times, and report the growth per step with its spread.
+
+    ``make_fn(size)`` returns the callable to time (built once per size, outside the timing). Each
+    round times every size with :func:`median_time` (``repeats``, ``warmup``), sizes interleaved so a
+    change of machine load hits all of them; a ratio is taken within a round, then the median over
+    rounds is reported with the smallest and largest round (:class:`Scaling`). Robust to a slow
+    round, not to a machine busy throughout: read ``low``/``high`` before reading ``ratios``.
+    """
+    if not callable(make_fn):
+        raise fail("make_fn", make_fn, "be a callable size -> (callable taking no arguments)")
+    try:
+        sizes = tuple(int(s) for s in sizes)
+    except (TypeError, ValueError):
+        raise fail("sizes", sizes, "be a sequence of positive ints") from None
+    if len(sizes) < 2 or any(s < 1 for s in sizes) or any(b <= a for a, b in zip(sizes, sizes[1:])):
+        raise fail("sizes", sizes, "hold at least two positive ints in increasing order")
+    rounds = check_int("rounds", rounds, min_value=1)
+    fns = [make_fn(s) for s in sizes]
+    for s, f in zip(sizes, fns):
+        if not callable(f):
+            raise fail("make_fn", make_fn, f"return a callable (for size {s} it returned {type(f).__name__})")
+    table = np.array([[median_time(f, repeats, warmup) for f in fns] for _ in range(rounds)])  # rounds x sizes
+    per_round = table[:, 1:] / table[:, :-1]
+    ratios = np.median(per_round, axis=0)
+    steps = np.array(sizes[1:], dtype=float) / np.array(sizes[:-1], dtype=float)
+    return Scaling(sizes, tuple(float(t) for t in np.median(table, axis=0)), tuple(float(r) for r in ratios),
+                   tuple(float(r) for r in per_round.min(axis=0)), tuple(float(r) for r in per_round.max(axis=0)),
+                   tuple(float(e) for e in np.log(ratios) / np.log(steps)), rounds, int(repeats))
