@@ -149,3 +149,33 @@ def test_autocast_flow_pure_half_has_no_master_copy_and_fp32_no_half():
 def test_autocast_flow_refuses_an_unknown_policy():
     with pytest.raises(PadlabError, match="amp"):
         viz.autocast_flow("amp")
+
+
+# --- batch_shape_schematic -------------------------------------------------------------------------
+
+def test_batch_shape_schematic_draws_each_batch_to_scale_and_the_budget_curve():
+    from matplotlib.patches import Rectangle
+
+    from padlab.waste import BatchShape
+
+    shapes = {"fixed-size": [(4, 10), (4, 3)],
+              "token-budget": [BatchShape(rows=8, width=5, seq_lengths=np.array([5] * 8)), (2, 20)]}
+    fig = viz.batch_shape_schematic(shapes, max_tokens=40, title="budget")
+    left, right = fig.get_axes()
+    rects = lambda ax: [(r.get_width(), r.get_height()) for r in ax.patches if isinstance(r, Rectangle)]
+    assert rects(left) == [(10, 4), (3, 4)] and rects(right) == [(5, 8), (20, 2)]
+    assert left.get_title() == "fixed-size: 2 batches"
+    (curve,) = right.get_lines()
+    x, y = curve.get_data()
+    assert np.allclose(x * y, 40)                       # rows = max_tokens / width
+    assert fig._suptitle.get_text() == "budget"
+    assert not viz.batch_shape_schematic(shapes).get_axes()[1].get_lines()   # no budget, no curve
+
+
+@pytest.mark.parametrize("shapes, kw, name", [
+    ({}, {}, "shapes"), ({"a": []}, {}, "shapes"), ({"a": [(0, 3)]}, {}, "shapes"),
+    ({"a": [(1, 2, 3)]}, {}, "shapes"), ({"a": [(1, 2)]}, {"max_tokens": 0}, "max_tokens"),
+])
+def test_batch_shape_schematic_refuses_bad_input(shapes, kw, name):
+    with pytest.raises(PadlabError, match=name):
+        viz.batch_shape_schematic(shapes, **kw)

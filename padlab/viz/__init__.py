@@ -24,8 +24,8 @@ from .padding import (length_histogram, mask_heatmap, padded_length_distribution
                       waste_vs_max_length)
 from .precision import (autocast_dtype_grid, gradient_histogram, loss_scale_dynamics, policy_curves,
                         policy_result_bars, policy_speed_memory)
-from .schematics import (FLOW_COLOURS, NO_SLOT_COLOUR, autocast_flow, layout_schematic, row_mask_colours,
-                         slot_colours)
+from .schematics import (FLOW_COLOURS, NO_SLOT_COLOUR, autocast_flow, batch_shape_schematic, layout_schematic,
+                         row_mask_colours, slot_colours)
 from .style import (FIELD_COLOURS, FORMAT_COLOURS, POLICY_COLOURS, SEQUENCE_COLOURS, STRATEGY_COLOURS,
                     colours_for, new_figure)
 
@@ -42,4 +42,4 @@ __all__ = ["CHAPTERS", "style", "schematics", "FIELD_COLOURS", "FORMAT_COLOURS",
            "loss_scale_dynamics", "policy_curves", "policy_result_bars", "policy_speed_memory",
            "bench_speedup_bars", "bench_summary", "speedup_bars", "loss_curves_per_example", "anomaly_cold_warm",
            "profile_families", "throughput_vs_budget", "NO_SLOT_COLOUR", "FLOW_COLOURS", "layout_schematic",
-           "slot_colours", "row_mask_colours", "autocast_flow"]
+           "slot_colours", "row_mask_colours", "autocast_flow", "batch_shape_schematic"]

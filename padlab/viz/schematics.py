@@ -4,6 +4,8 @@
   batch (padded, dynamic, bucketed, token-budget, packed ...), each text in its own colour, pad slots
   grey, and the attention mask of one row beside it. The slots come from
   :func:`padlab.strategies.plan_grids` on real lengths; nothing here plans or packs.
+* :func:`batch_shape_schematic` (chapter 03): each batch as a ``width x rows`` rectangle, to
+  scale, under the token budget's curve ``rows x width = max_tokens``.
 * :func:`autocast_flow` (chapter 06): where each tensor of a training step lives under a precision
   policy: fp32 master weights, the half copies autocast casts, the loss, and the GradScaler's
   scale, unscale and skip / halve / grow.
@@ -18,10 +20,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
 from .._validate import fail
-from .style import DTYPE_COLOURS, EMPTY_COLOUR, MARK_COLOUR, PAD_QUERY_COLOUR, SEQUENCE_COLOURS, new_figure
+from .style import (DTYPE_COLOURS, EMPTY_COLOUR, GUIDE_COLOUR, MARK_COLOUR, PAD_QUERY_COLOUR, SEQUENCE_COLOURS,
+                    colours_for, new_figure)
 
 __all__ = ["NO_SLOT_COLOUR", "layout_schematic", "slot_colours", "row_mask_colours", "autocast_flow",
-           "FLOW_COLOURS"]
+           "FLOW_COLOURS", "batch_shape_schematic"]
 
 #: Where a batch is narrower than the widest one drawn: no slot at all (not padding).
 NO_SLOT_COLOUR = "#ffffff"
@@ -110,6 +113,46 @@ def layout_schematic(grids: Mapping[str, Sequence[np.ndarray]], *, block_diagona
     fig.legend(handles, ["a text (one colour each) / may attend", "padding slot / masked",
                          "pad query (output ignored)"], loc="outside lower center", ncols=3, fontsize=8,
                frameon=False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def batch_shape_schematic(shapes: Mapping[str, Sequence], *, max_tokens: int | None = None,
+                          title: str = "") -> Figure:
+    """One panel per strategy: every batch as a rectangle from (0, 0) to (width, rows), to scale.
+
+    ``shapes[name]`` lists batches as ``(rows, width)`` pairs or objects with ``rows`` and
+    ``width`` (:class:`padlab.waste.BatchShape`, from :func:`padlab.strategies.plan_shapes`).
+    Fixed-size batches share a height and differ in width; token-budget batches trade rows for
+    width and stay under the curve ``rows = max_tokens / width`` drawn when ``max_tokens`` is given.
+    """
+    if not isinstance(shapes, Mapping) or not shapes:
+        raise fail("shapes", shapes, "be a non-empty dict name -> list of (rows, width)")
+    dims = {}
+    for name, batches in shapes.items():
+        pairs = [(b.rows, b.width) if hasattr(b, "rows") else tuple(b) for b in batches]
+        if not pairs or any(len(p) != 2 or min(p) < 1 for p in pairs):
+            raise fail(f"shapes[{name!r}]", pairs[:3], "hold (rows, width) pairs of positive ints")
+        dims[name] = np.array(pairs, dtype=np.int64)
+    if max_tokens is not None and (not isinstance(max_tokens, (int, np.integer)) or max_tokens < 1):
+        raise fail("max_tokens", max_tokens, "be a positive int or None")
+    top_w = max(int(d[:, 1].max()) for d in dims.values())
+    top_r = max(int(d[:, 0].max()) for d in dims.values())
+    fig, axes = new_figure(figsize=(3.6 * len(dims) + 0.4, 3.4), ncols=len(dims), squeeze=False, sharey=True)
+    for ax, (name, d), colour in zip(axes[0], dims.items(), colours_for(dims)):
+        for rows, width in d:
+            ax.add_patch(Rectangle((0, 0), width, rows, facecolor=colour, alpha=0.12, edgecolor=colour, lw=0.8))
+        if max_tokens is not None:
+            w = np.linspace(max_tokens / (top_r * 1.1), top_w * 1.05, 200)
+            ax.plot(w, max_tokens / w, color=MARK_COLOUR, ls="--", lw=1.2, label=f"rows x width = {max_tokens:,}")
+            ax.legend(fontsize=8, loc="upper right")
+        ax.set_xlim(0, top_w * 1.05)
+        ax.set_ylim(0, top_r * 1.1)
+        ax.set_title(f"{name}: {len(d)} batches", fontsize=9)
+        ax.set_xlabel("width (tokens per row)")
+        ax.grid(True, color=GUIDE_COLOUR, alpha=0.15)
+    axes[0][0].set_ylabel("rows (sequences)")
     if title:
         fig.suptitle(title)
     return fig
