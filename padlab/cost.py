@@ -70,8 +70,8 @@ CAST_MODULES: tuple[str, ...] = tuple(t.__name__ for t in _cast_module_types())
 
 
 def _example_forward(model):
-    """A forward on two token ids for a model that holds a ``config.vocab_size`` (padlab's encoders,
-    HF models), else ``None``: enough to see which parameters autocast casts."""
+    """A forward on two token ids, in eval mode, for a model that holds a ``config.vocab_size``
+    (padlab's encoders, HF models), else ``None``: enough to see which parameters autocast casts."""
     import torch
 
     cfg = getattr(model, "config", None)
@@ -79,7 +79,17 @@ def _example_forward(model):
         return None
     first = next(model.parameters(), None)
     ids = torch.zeros(1, 2, dtype=torch.long, device=first.device if first is not None else "cpu")
-    return lambda: model(ids)
+
+    def run():
+        # in eval mode (no dropout, no running statistics updated), each module's mode restored after
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            return model(ids)
+        finally:
+            for m, mode in modes:
+                m.training = mode
+    return run
 
 
 def _distinct_parameters(model) -> dict[int, tuple[str, object]]:

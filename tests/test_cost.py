@@ -329,3 +329,17 @@ def test_cast_and_measured_memory_refuse_bad_input():
         measured_parameter_memory(lin)
     with pytest.raises(PadlabError, match="model"):
         measured_parameter_memory("model")
+
+
+def test_parameter_memory_example_forward_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = EncoderForSequenceClassification(EncoderConfig.tiny(dropout=0.1))
+    model.encoder.train()
+    model.classifier.eval()
+    before = {n: m.training for n, m in model.named_modules()}
+    weights = [p.detach().clone() for p in model.parameters()]
+    parameter_memory(model, "bf16-amp")
+    cast_parameters(model)
+    assert {n: m.training for n, m in model.named_modules()} == before
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
