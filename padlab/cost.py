@@ -6,17 +6,18 @@ Measurements of a model or a callable, not of batches (for what a set of batches
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from ._records import FieldMapping
-from ._validate import check_choice, check_int, fail
+from ._validate import check_choice, check_float, check_int, fail
 from .precision import POLICIES
 
 __all__ = ["BYTES_PER_ELEMENT", "PARAMETER_STORAGE", "OPTIMIZER_STATES", "SDPA_KERNELS", "CAST_MODULES",
            "ParameterMemory", "parameter_memory", "cast_parameters", "measured_parameter_memory",
            "saved_activation_bytes", "op_names", "sdpa_ops", "sdpa_backend_used", "flop_count", "median_time",
-           "Scaling", "time_scaling"]
+           "Scaling", "time_scaling", "TimeVerdict", "compare_times"]
 
 #: Bytes per element of each storage precision.
 BYTES_PER_ELEMENT = {"fp64": 8, "fp32": 4, "bf16": 2, "fp16": 2}
@@ -467,3 +468,42 @@ def time_scaling(make_fn, sizes, *, repeats: int = 5, warmup: int = 1, rounds: i
     return Scaling(sizes, tuple(float(t) for t in np.median(table, axis=0)), tuple(float(r) for r in ratios),
                    tuple(float(r) for r in per_round.min(axis=0)), tuple(float(r) for r in per_round.max(axis=0)),
                    tuple(float(e) for e in np.log(ratios) / np.log(steps)), rounds, int(repeats))
+
+
+class TimeVerdict(NamedTuple):
+    """One timing against a reference: ``ratio`` = time / reference time; ``verdict`` is ``"faster"``,
+    ``"slower"`` or ``"about the same"`` (within ``tolerance``); ``text`` a printable phrase."""
+
+    name: str
+    seconds: float
+    ratio: float
+    verdict: str
+    text: str
+
+
+def compare_times(seconds: dict[str, float], reference: str = "fp32", *, tolerance: float = 0.1) -> list[TimeVerdict]:
+    """Verdicts computed from measured times, for a notebook to print instead of fixed prose.
+
+    ``seconds[name]`` are measured times (e.g. ms per step per policy, any one unit); each is divided
+    by ``seconds[reference]``. A ratio within ``1 +- tolerance`` reads ``"about the same"``; below,
+    ``"faster"`` (``text`` e.g. ``"bf16-amp: 0.40x fp32's time, 2.5x faster"``); above, ``"slower"``.
+    """
+    if not isinstance(seconds, dict) or not seconds:
+        raise fail("seconds", seconds, "be a non-empty dict name -> measured time")
+    check_choice("reference", reference, seconds)
+    tolerance = check_float("tolerance", tolerance, min_value=0.0, max_value=1.0, min_inclusive=False)
+    for name, t in seconds.items():
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)) or not np.isfinite(t) or t <= 0:
+            raise fail(f"seconds[{name!r}]", t, "be a positive finite time")
+    ref = float(seconds[reference])
+    out = []
+    for name, t in seconds.items():
+        r = float(t) / ref
+        if abs(r - 1) <= tolerance:
+            verdict, tail = "about the same", "about the same"
+        elif r < 1:
+            verdict, tail = "faster", f"{1 / r:.1f}x faster"
+        else:
+            verdict, tail = "slower", f"{r:.1f}x slower"
+        out.append(TimeVerdict(name, float(t), r, verdict, f"{name}: {r:.2f}x {reference}'s time, {tail}"))
+    return out

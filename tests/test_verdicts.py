@@ -94,3 +94,28 @@ def test_bf16_keeps_eps_but_loses_the_update_to_rounding():
 def test_adam_eps_check_refuses_bad_input(kwargs, name):
     with pytest.raises(PadlabError, match=name):
         adam_eps_check(**kwargs)
+
+
+# --- compare_times: a hardware verdict computed from the measurement --------------------------------
+
+def test_compare_times_by_hand():
+    out = {v.name: v for v in cost.compare_times({"fp32": 1139.0, "bf16-amp": 450.0, "fp16-amp": 1200.0,
+                                                  "fp16-pure": 3417.0})}
+    assert out["fp32"].ratio == 1.0 and out["fp32"].verdict == "about the same"
+    assert out["bf16-amp"].verdict == "faster" and out["bf16-amp"].ratio == pytest.approx(450 / 1139)
+    assert out["bf16-amp"].text == "bf16-amp: 0.40x fp32's time, 2.5x faster"
+    assert out["fp16-amp"].verdict == "about the same"            # 1.054: within the 10% tolerance
+    assert out["fp16-pure"].verdict == "slower" and out["fp16-pure"].text.endswith("3.0x slower")
+    # negative control: a tighter tolerance turns the 5% difference into a verdict
+    tight = {v.name: v for v in cost.compare_times({"fp32": 1139.0, "fp16-amp": 1200.0}, tolerance=0.01)}
+    assert tight["fp16-amp"].verdict == "slower"
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(seconds={}), "seconds"), (dict(seconds={"a": 1.0}, reference="fp32"), "reference"),
+    (dict(seconds={"fp32": 0.0}), "seconds"), (dict(seconds={"fp32": float("nan")}), "seconds"),
+    (dict(seconds={"fp32": 1.0}, tolerance=0.0), "tolerance"),
+])
+def test_compare_times_refuses_bad_input(kwargs, name):
+    with pytest.raises(PadlabError, match=name):
+        cost.compare_times(**kwargs)
