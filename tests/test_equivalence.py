@@ -126,3 +126,15 @@ def test_gradient_sum_adds_gradients_and_never_moves_a_weight():
         w.grad = torch.tensor(g)
         opt.step()
     assert torch.equal(opt.flat(), torch.tensor([3.0, 0.0])) and torch.equal(w.detach(), torch.tensor([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("policy", ["bf16-amp", "fp16-amp"])
+def test_accumulation_under_a_half_policy_keeps_the_verdict(fortunes_step, policy):
+    # under autocast the two paths round differently, so no 1e-5 equality; the global count still
+    # lands far closer to the one-batch gradient than the mean of means (fp16-amp: through its GradScaler)
+    one, micro, _ = fortunes_step
+    torch.manual_seed(0)
+    out = accumulation_vs_one_batch(EncoderForMaskedLM(EncoderConfig.tiny()), one, micro, policy=policy)
+    assert out.errors["global count"] < 0.05 < out.errors["each batch's mean"]
+    with pytest.raises(PadlabError, match="policy"):
+        accumulation_vs_one_batch(EncoderForMaskedLM(EncoderConfig.tiny()), one, micro, policy="amp")

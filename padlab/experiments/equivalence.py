@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .._validate import check_choice, fail
 from ..models import sequence_loss
+from ..precision import get_policy
 from ..train import train_step
 
 __all__ = ["PACKED_VARIANTS", "PackedEquivalence", "packed_vs_alone", "GradientSum", "AccumulationCheck",
@@ -104,6 +105,8 @@ class GradientSum(torch.optim.Optimizer):
     Lets :func:`padlab.train.train_step` (which zeroes the gradients, runs one micro-batch and
     steps) collect the gradient of a sequence of micro-batches: after k steps, ``flat()`` is the
     sum of the k gradients, the quantity gradient accumulation hands to a real optimizer.
+    It needs no change to ``train_step``; the smallest hook that would replace it is a
+    ``train_step(..., zero_grad=False, optimizer_step=False)`` pair of switches.
     """
 
     def __init__(self, params: Iterable[nn.Parameter]) -> None:
@@ -163,11 +166,15 @@ def _count(b: Mapping[str, Any], reduction: str) -> int:
 
 
 def _summed_gradient(model: nn.Module, batches: Sequence[Mapping[str, Any]], loss_fn, policy: str) -> Tensor:
-    twin = copy.deepcopy(model)
+    # a copy in the policy's weight dtype; fp16-amp gets its GradScaler, which unscales before each step
+    pol = get_policy(policy)
+    twin = copy.deepcopy(model).to(pol.param_dtype)
+    device = next(twin.parameters()).device
+    scaler = torch.amp.GradScaler(device.type) if pol.grad_scaler else None
     collect = GradientSum(twin.parameters())
     for b in batches:
-        train_step(twin, b, collect, policy, loss_fn=loss_fn, measure=False)
-    return collect.flat()
+        train_step(twin, b, collect, pol, scaler, loss_fn=loss_fn, measure=False)
+    return collect.flat().float()
 
 
 def accumulation_vs_one_batch(model: nn.Module, one_batch: Mapping[str, Any],
@@ -184,6 +191,7 @@ def accumulation_vs_one_batch(model: nn.Module, one_batch: Mapping[str, Any],
     of each micro-batch's own mean (the negative control). Works on copies of ``model``.
     """
     check_choice("reduction", reduction, ("token", "sequence"))
+    get_policy(policy)
     if not isinstance(model, nn.Module):
         raise fail("model", model, "be a torch.nn.Module")
     for name, bs in (("one_batch", [one_batch]), ("micro_batches", micro_batches)):
@@ -196,7 +204,7 @@ def accumulation_vs_one_batch(model: nn.Module, one_batch: Mapping[str, Any],
                                                   f"({_count(one_batch, reduction)}): the same texts, the same masks")
     reference = _summed_gradient(model, [one_batch], _mlm_loss(reduction, None, 1), policy)
     with torch.no_grad():
-        loss = float(_mlm_loss(reduction, None, 1)(copy.deepcopy(model).eval(), one_batch))
+        loss = float(_mlm_loss(reduction, None, 1)(copy.deepcopy(model).float().eval(), one_batch))
     rules = {"global count": _mlm_loss(reduction, step_count, 1),
              "each batch's mean": _mlm_loss(reduction, None, len(micro_batches))}
     errors = {rule: _relative(_summed_gradient(model, micro_batches, fn, policy), reference)
