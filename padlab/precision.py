@@ -40,7 +40,7 @@ import copy
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -49,7 +49,7 @@ from ._validate import check_choice, fail
 from .env import resolve_device
 
 __all__ = [
-    "POLICIES", "Policy", "PolicyCheck", "PolicyWarning", "Prepared",
+    "POLICIES", "Policy", "PolicyCheck", "PolicyWarning", "Prepared", "AdamEpsCheck", "adam_eps_check",
     "get_policy", "check_policy", "prepare", "tf32_mode", "tf32_context", "fp32_precision_state", "autocast_context", "default_optimizer",
 ]
 
@@ -348,3 +348,56 @@ def prepare(model: nn.Module, optimizer_factory: "Callable[[Iterable[nn.Paramete
     scaler = torch.amp.GradScaler(dev.type) if policy.grad_scaler else None
     return Prepared(copy_, optimizer, scaler, policy, dev, check)
 
+
+
+class AdamEpsCheck(NamedTuple):
+    """What Adam's ``eps`` becomes in a storage dtype, and one real ``torch.optim.Adam`` step there.
+
+    ``eps_stored``: ``eps`` rounded to ``dtype`` (0.0 when it flushes to zero). The step starts a
+    one-element parameter at ``start`` with gradient ``grad``: ``grad_squared`` is ``grad**2`` as
+    ``dtype`` holds it (Adam's second moment); ``update`` the change of the parameter (an fp32 Adam
+    moves it by about ``lr``, whatever the gradient's size); ``finite``: the parameter is still finite.
+    """
+
+    dtype: str
+    eps: float
+    eps_stored: float
+    eps_is_zero: bool
+    grad: float
+    grad_squared: float
+    update: float
+    finite: bool
+
+
+def adam_eps_check(dtype: "str | torch.dtype" = "fp16", *, eps: float = 1e-8, grad: float = 1e-4,
+                   lr: float = 1e-3, start: float = 1.0) -> AdamEpsCheck:
+    """Measure why pure half precision breaks Adam: ``eps`` and ``grad**2`` in ``dtype``, and one step.
+
+    In float16 the default ``eps=1e-8`` is below the smallest subnormal (about 6e-8) and rounds to
+    0, and a gradient of 1e-4 has a square (1e-8) that rounds to 0 too: Adam's update
+    ``m / (sqrt(v) + eps)`` divides by zero and the weight becomes inf (NaN for a zero gradient).
+    float32 moves the weight by about ``lr``. bfloat16 keeps ``eps`` and ``grad**2`` (its range
+    reaches 1e-38) but loses the update itself: ``1.0 - 1e-3`` rounds back to 1.0 (its spacing
+    just below 1 is 2**-8), so ``update`` is 0 there: pure bf16 stalls where pure fp16 blows up. ``dtype`` is
+    ``"fp16"``, ``"bf16"``, ``"fp32"`` or a torch dtype; runs ``torch.optim.Adam`` on the CPU.
+    """
+    from ._validate import check_float
+
+    names = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    if isinstance(dtype, torch.dtype):
+        check_choice("dtype", dtype, list(names.values()))
+    else:
+        dtype = names[check_choice("dtype", dtype, names)]
+    eps = check_float("eps", eps, min_value=0.0)
+    grad = check_float("grad", grad)
+    lr = check_float("lr", lr, min_value=0.0, min_inclusive=False)
+    start = check_float("start", start)
+    p = torch.nn.Parameter(torch.tensor([start], dtype=dtype))
+    opt = torch.optim.Adam([p], lr=lr, eps=eps, foreach=False)
+    p.grad = torch.tensor([grad], dtype=dtype)
+    opt.step()
+    stored = float(torch.tensor(eps, dtype=dtype))
+    name = next(k for k, v in names.items() if v == dtype)
+    return AdamEpsCheck(name, eps, stored, stored == 0.0, float(p.grad[0]),
+                        float((p.grad * p.grad)[0]), float(p.detach()[0].float() - start),
+                        bool(torch.isfinite(p.detach()).all()))

@@ -30,6 +30,7 @@ the corpus) sorts globally: that is the ``sorted`` strategy, not a bucketing set
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -38,7 +39,7 @@ import numpy as np
 from ._validate import check_bool, check_choice, check_int, check_lengths, fail
 from .waste import BatchShape, WasteReport, length_eta_squared, padded_batches, waste
 
-__all__ = ["STRATEGIES", "Strategy", "Plan", "plan", "plan_shapes", "random_batches", "default_max_tokens", "batch_shapes",
+__all__ = ["STRATEGIES", "Strategy", "Plan", "plan", "plan_shapes", "plan_grids", "random_batches", "default_max_tokens", "batch_shapes",
            "waste_table", "BucketTradeoff", "bucket_tradeoff"]
 
 
@@ -249,6 +250,30 @@ def plan_shapes(p: Plan, lengths: Any) -> tuple[list[BatchShape], int]:
     kept = np.minimum(lengths, p.max_length)
     shapes = [BatchShape(rows=len(b), width=p.max_length, seq_lengths=kept[np.concatenate(b)]) for b in p.batches]
     return shapes, int((lengths - kept).sum())
+
+
+def plan_grids(p: Plan, lengths: Any, *, batches: "int | None" = None) -> list[np.ndarray]:
+    """Which text fills each token slot of each batch of ``p``: one ``rows x width`` int array per
+    batch, the text's index in ``lengths`` or -1 on padding (the data of :func:`padlab.viz.layout_schematic`).
+
+    Widths are :func:`plan_shapes`'s; a padded row holds its one text from column 0 (right padding),
+    a pack its texts back to back in pack order, as the collators lay them out; a text longer than
+    the width is cut. ``batches`` keeps only the first ones (schematics draw a few).
+    """
+    lengths = check_lengths("lengths", lengths)
+    batches = check_int("batches", batches, min_value=1, allow_none=True)
+    chosen = p.batches if batches is None else p.batches[:batches]
+    shapes, _ = plan_shapes(dataclasses.replace(p, batches=chosen), lengths)
+    grids = []
+    for b, shape in zip(chosen, shapes):
+        rows = [list(r) for r in b] if p.packs else [[int(i)] for i in b]
+        grid = np.full((shape.rows, shape.width), -1, dtype=np.int64)
+        for r, texts in enumerate(rows):
+            kept = np.minimum(lengths[np.asarray(texts, dtype=np.int64)], shape.width)
+            row = np.repeat(np.asarray(texts, dtype=np.int64), kept)[:shape.width]
+            grid[r, :row.size] = row
+        grids.append(grid)
+    return grids
 
 
 def batch_shapes(strategy: str, lengths: np.ndarray, *, batch_size: int = 32, max_length: int = 512,

@@ -107,3 +107,53 @@ def test_waste_table_defaults_to_every_registry_name():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# --- plan_grids: which text fills each slot (the data of viz.layout_schematic) ----------------------
+
+def test_plan_grids_padded_rows_by_hand():
+    from padlab.strategies import Plan, plan_grids
+
+    lengths = np.array([5, 3, 7, 2])
+    p = Plan("dynamic", [np.array([1, 0]), np.array([2, 3])], False, 6, False, None, False, None, None, 0)
+    got = plan_grids(p, lengths)
+    # batch 0: width max(3, 5) = 5; batch 1: width max(7, 2) cut to max_length 6, text 2 truncated
+    assert [g.tolist() for g in got] == [[[1, 1, 1, -1, -1], [0, 0, 0, 0, 0]], [[2] * 6, [3, 3, -1, -1, -1, -1]]]
+    fixed = plan_grids(Plan("fixed", [np.array([3])], False, 4, True, None, False, None, None, 0), lengths)
+    assert fixed[0].tolist() == [[3, 3, -1, -1]]
+    multiple = plan_grids(Plan("dynamic-multiple", [np.array([1])], False, 64, False, 4, False, None, None, 0), lengths)
+    assert multiple[0].tolist() == [[1, 1, 1, -1]]                 # 3 rounded up to a multiple of 4
+
+
+def test_plan_grids_packs_back_to_back_and_batches_limit():
+    from padlab.strategies import Plan, plan_grids
+
+    lengths = np.array([5, 3, 7, 2])
+    p = Plan("packed", [[np.array([2, 3]), np.array([0, 1])], [np.array([1])]], True, 9, True, None, False, None,
+             None, 0)
+    got = plan_grids(p, lengths, batches=1)
+    assert len(got) == 1 and got[0].tolist() == [[2] * 7 + [3] * 2, [0] * 5 + [1] * 3 + [-1]]
+
+
+def test_plan_grids_match_plan_shapes_on_real_plans():
+    from padlab.data import load_corpus
+    from padlab.strategies import plan_grids
+
+    lengths = load_corpus("wordnet").lengths[:200]
+    for name in STRATEGIES:
+        p = plan(name, lengths, batch_size=8, max_length=32, seed=0)
+        shapes, _ = strategies.plan_shapes(p, lengths)
+        for g, s in zip(plan_grids(p, lengths), shapes):
+            assert g.shape == (s.rows, s.width)
+            texts, counts = np.unique(g[g >= 0], return_counts=True)
+            assert (counts == np.minimum(lengths[texts], g.shape[1])).all()     # each text whole, or cut
+            assert int((g >= 0).sum()) == int(s.seq_lengths.sum())
+
+
+def test_plan_grids_refuses_bad_batches():
+    from padlab.strategies import plan_grids
+
+    from padlab._validate import PadlabError
+
+    with pytest.raises(PadlabError, match="batches"):
+        plan_grids(plan("dynamic", np.array([3, 4])), np.array([3, 4]), batches=0)
