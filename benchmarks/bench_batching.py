@@ -5,7 +5,7 @@ Prints three tables:
 (a) on each shipped corpus, for mega_batch in 1, 2, 5, ..., 100 and a full sort: token and
     attention efficiency of one epoch (batch size 32, max_length 512), and two measures of
     how much batch membership still depends on length (eta², from
-    ``padlab.metrics.length_eta_squared``, and ``mate_repeat``);
+    ``padlab.waste.length_eta_squared``, and ``mate_repeat``);
 (b) the time to build one epoch of batches (arrays of indices) over 10 million lengths drawn
     from the shipped fortunes length distribution (target: 2 s or less);
 (c) where transformers is installed (the ``bench`` extra), the time of its
@@ -27,7 +27,7 @@ import torch
 
 from padlab.batching import BucketBatchSampler, TokenBudgetBatchSampler
 from padlab.data import CORPORA, load_corpus
-from padlab.metrics import length_eta_squared, padded_batches, waste
+from padlab.waste import length_eta_squared, padded_batches, waste
 
 MEGA_BATCHES = (1, 2, 5, 10, 20, 50, 100, None)
 

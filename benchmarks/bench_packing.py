@@ -43,7 +43,7 @@ def efficiency_table(capacity: int) -> None:
         lengths = load_corpus(name).lengths
         for algorithm in ALGORITHMS:
             for limit in (None, 3):
-                r = pack(lengths, capacity, algorithm=algorithm, max_per_pack=limit, truncate=True).validate()
+                r = pack(lengths, capacity, algorithm=algorithm, max_per_pack=limit, truncation=True).validate()
                 bound = -(-int(r.lengths.sum()) // capacity)
                 print(f"{name:<10}{lengths.size:>10}{algorithm:>10}{str(limit or '-'):>9}{r.n_packs:>8}"
                       f"{bound:>12}{r.efficiency:>11.3%} {r.truncated_tokens:>9}")

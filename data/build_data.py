@@ -53,9 +53,15 @@ def _package_version(name: str) -> str:
         return "unknown"
 
 
-def wordnet_rows() -> list[tuple[str, str]]:
-    """(gloss, lexicographer file) for every synset of WordNet 3.0."""
-    rows = []
+# ss_type in a synset line -> the part of speech a learner reads ('s' is a satellite adjective).
+POS_NAMES = {"n": "noun", "v": "verb", "a": "adjective", "s": "adjective", "r": "adverb"}
+# Adjective markers after a word: (a) attributive, (p) predicative, (ip) immediately postnominal.
+_ADJ_MARKER = re.compile(r"\((?:a|p|ip)\)$")
+
+
+def _wordnet_synsets() -> list[tuple[str, list[str], str, int]]:
+    """(gloss, lemmas, part of speech, lex_filenum) for every synset with a gloss, in file order."""
+    out = []
     for pos in ("noun", "verb", "adj", "adv"):
         for line in (WORDNET_DIR / f"data.{pos}").read_text(encoding="latin-1").splitlines():
             if line.startswith("  "):  # licence header lines
@@ -64,9 +70,22 @@ def wordnet_rows() -> list[tuple[str, str]]:
             gloss = gloss.strip()
             if not gloss:
                 continue
-            lex_filenum = int(head.split()[1])
-            rows.append((gloss, LEXNAMES[lex_filenum]))
-    return rows
+            fields = head.split()
+            # offset lex_filenum ss_type w_cnt(hex) word lex_id [word lex_id ...] ...
+            w_cnt = int(fields[3], 16)
+            words = [_ADJ_MARKER.sub("", w).replace("_", " ") for w in fields[4:4 + 2 * w_cnt:2]]
+            out.append((gloss, words, POS_NAMES[fields[2]], int(fields[1])))
+    return out
+
+
+def wordnet_rows() -> list[tuple[str, str]]:
+    """(gloss, lexicographer file) for every synset of WordNet 3.0."""
+    return [(gloss, LEXNAMES[lex]) for gloss, _, _, lex in _wordnet_synsets()]
+
+
+def wordnet_lemma_rows() -> list[tuple[str, str]]:
+    """(lemmas joined by '|', part of speech) for every synset, row for row with wordnet_rows()."""
+    return [("|".join(words), pos) for _, words, pos, _ in _wordnet_synsets()]
 
 
 _OVERSTRIKE = re.compile(r".\x08")
@@ -100,9 +119,9 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
 
-def write_tsv_gz(path: Path, rows: list[tuple[str, str]]) -> None:
+def write_tsv_gz(path: Path, rows: list[tuple[str, str]], header: str = "text\tlabel") -> None:
     buf = io.StringIO()
-    buf.write("text\tlabel\n")
+    buf.write(header + "\n")
     for text, label in rows:
         buf.write(f"{_escape(text)}\t{label}\n")
     with open(path, "wb") as fh:
@@ -151,9 +170,15 @@ def main(out_dir: Path = HERE) -> None:
         path = out_dir / f"{name}.tsv.gz"
         write_tsv_gz(path, rows)
         print(f"{name}: {len(rows)} texts, {len({r[1] for r in rows})} labels -> {path.name}")
+    # The synsets' lemmas, row for row with wordnet.tsv.gz: the prompts of the decoder chapter's
+    # "define: <lemma> (<part of speech>)" -> gloss pairs. Not tokenizer training text, so the
+    # tokenizer (and every length in the series) is the same with or without this file.
+    lemmas = wordnet_lemma_rows()
+    write_tsv_gz(out_dir / "wordnet_lemmas.tsv.gz", lemmas, header="lemmas\tpos")
+    print(f"wordnet_lemmas: {len(lemmas)} synsets -> wordnet_lemmas.tsv.gz")
     all_texts = [t for rows in corpora.values() for t, _ in rows]
     train_tokenizer(all_texts, out_dir / "tokenizer.json")
-    for fname in ("wordnet.tsv.gz", "fortunes.tsv.gz", "tokenizer.json"):
+    for fname in ("wordnet.tsv.gz", "fortunes.tsv.gz", "wordnet_lemmas.tsv.gz", "tokenizer.json"):
         manifest["files"][fname] = sha256(out_dir / fname)
     (out_dir / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     print("wrote MANIFEST.json")

@@ -37,6 +37,9 @@ Every rank must build its sampler with the same lengths, options and seed, and c
 ``set_epoch`` with the same epoch (as with ``DistributedSampler``, nothing advances the
 epoch by itself). Options are fixed at construction: build a new sampler to change them.
 
+:func:`bucket_epoch_reference` is a bucket epoch's definition in a dozen plain lines, one example
+at a time; the sampler is tested equal to it, batch for batch.
+
 Speed: without noise, each example is one uint64 word ``[random | position | length]``;
 one SIMD sort of the words shuffles them, a second one (per pool, after rotating the
 length to the top) sorts the pools, and no step gathers at random. 10 million lengths
@@ -52,10 +55,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from ._validate import check_choice, check_float, check_int, fail
+from ._validate import check_bool, check_choice, check_float, check_int, check_lengths, fail
 
-__all__ = ["BucketBatchSampler", "TokenBudgetBatchSampler", "EpochStats", "restore_order",
-           "sorted_inference_batches"]
+__all__ = ["BucketBatchSampler", "TokenBudgetBatchSampler", "EpochStats", "bucket_epoch_reference",
+           "restore_order", "sorted_inference_batches"]
 
 REMAINDERS = ("pad", "drop")
 OVERSIZED = ("error", "skip")
@@ -82,23 +85,6 @@ class EpochStats:
 
 
 # ----------------------------------------------------------------------------- checks
-
-def _check_lengths(lengths: Any) -> np.ndarray:
-    """A private, read-only int64 copy of ``lengths`` (the caller's object is never touched)."""
-    arr = np.asarray(lengths)
-    if (arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer)
-            or arr.min() < 1):
-        raise fail("lengths", lengths, "be a non-empty 1-D sequence of integers >= 1")
-    out = np.array(arr, dtype=np.int64, copy=True)
-    out.setflags(write=False)
-    return out
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise fail(name, value, "be True or False")
-    return bool(value)
-
 
 def _check_noise(noise: Any) -> float:
     noise = check_float("noise", noise, min_value=0.0)
@@ -209,12 +195,12 @@ class _LengthGroupedSampler(Sampler):
     def __init__(self, lengths: Any, *, mega_batch: int | None, noise: float, shuffle: bool,
                  longest_first: bool, drop_last: bool, seed: int, num_replicas: int | None,
                  rank: int | None, remainder: str) -> None:
-        self.lengths = _check_lengths(lengths)
+        self.lengths = check_lengths("lengths", lengths)
         self.mega_batch = _check_mega_batch(mega_batch)
         self.noise = _check_noise(noise)
-        self.shuffle = _check_bool("shuffle", shuffle)
-        self.longest_first = _check_bool("longest_first", longest_first)
-        self.drop_last = _check_bool("drop_last", drop_last)
+        self.shuffle = check_bool("shuffle", shuffle)
+        self.longest_first = check_bool("longest_first", longest_first)
+        self.drop_last = check_bool("drop_last", drop_last)
         self.seed = check_int("seed", seed, min_value=0)
         self.remainder = check_choice("remainder", remainder, REMAINDERS)
         self.num_replicas, self.rank = _world(num_replicas, rank)
@@ -457,6 +443,37 @@ class BucketBatchSampler(_LengthGroupedSampler):
         return -(-nb // R) if self.remainder == "pad" and nb else nb // R
 
 
+def bucket_epoch_reference(lengths: Sequence[int] | np.ndarray, batch_size: int, *, mega_batch: int | None = 50,
+                           seed: int = 0, epoch: int = 0, shuffle: bool = True,
+                           drop_last: bool = False) -> list[list[int]]:
+    """The definition of one :class:`BucketBatchSampler` epoch, one example at a time (for reading).
+
+    One rank, no noise, no ``longest_first``. Each example draws a 64-bit random key; the
+    permutation sorts by it (ties by index). Pools of ``mega_batch x batch_size`` consecutive
+    examples are sorted by length (ties keep their shuffled order) and cut every ``batch_size``;
+    then the batches are shuffled. The sampler's bit-packed fast path gives the same batches
+    from the same ``(seed, epoch)``, batch for batch (it compares only the top ``64 - 40`` or more
+    bits of each key, so two keys would have to agree on those to tell the two apart).
+    """
+    lengths = check_lengths("lengths", lengths).tolist()
+    batch_size = check_int("batch_size", batch_size, min_value=1)
+    mega_batch = _check_mega_batch(mega_batch)
+    rng = np.random.default_rng((check_int("seed", seed, min_value=0), check_int("epoch", epoch, min_value=0)))
+    n = len(lengths)
+    order = list(range(n))
+    if check_bool("shuffle", shuffle):
+        keys = rng.bit_generator.random_raw(n).tolist()
+        order.sort(key=lambda i: keys[i])  # a random permutation (sort is stable: ties by index)
+    pool = mega_batch * batch_size if mega_batch else n
+    order = [i for a in range(0, n, pool) for i in sorted(order[a:a + pool], key=lambda i: lengths[i])]
+    batches = [order[a:a + batch_size] for a in range(0, n, batch_size)]
+    if check_bool("drop_last", drop_last) and len(batches[-1]) < batch_size:
+        batches.pop()
+    if shuffle:
+        batches = [batches[j] for j in rng.permutation(len(batches))]
+    return batches
+
+
 class TokenBudgetBatchSampler(_LengthGroupedSampler):
     """Variable-size batches with ``rows x longest <= max_tokens`` (fairseq's ``max_tokens``).
 
@@ -632,9 +649,9 @@ def sorted_inference_batches(lengths: Sequence[int] | np.ndarray, batch_size: in
     Longest first by default, so an out-of-memory error shows on the first batch. Feed
     the model batch by batch, then ``restore_order(outputs, np.concatenate(batches))``.
     """
-    lengths = _check_lengths(lengths)
+    lengths = check_lengths("lengths", lengths)
     batch_size = check_int("batch_size", batch_size, min_value=1)
-    descending = _check_bool("descending", descending)
+    descending = check_bool("descending", descending)
     key = -lengths if descending else lengths
     order = np.argsort(key, kind="stable")
     return np.split(order, np.arange(batch_size, order.size, batch_size))

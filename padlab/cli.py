@@ -6,11 +6,17 @@ import json
 import sys
 from typing import Sequence
 
+from ._validate import PadlabError, check_int, fail
+
 
 def _cmd_waste(args: argparse.Namespace) -> int:
     from .data import load_corpus
     from .strategies import waste_table
 
+    # Checked here, so the message names the option the user typed.
+    check_int("--batch-size", args.batch_size, min_value=1)
+    check_int("--max-length", args.max_length, min_value=1)
+    check_int("--seed", args.seed, min_value=0)
     corpus = load_corpus(args.corpus)
     rows = [r.as_dict() for r in waste_table(corpus.lengths, batch_size=args.batch_size,
                                                max_length=args.max_length, seed=args.seed)]
@@ -52,7 +58,6 @@ def _json_number(v):
 
 def _cmd_floats(args: argparse.Namespace) -> int:
     from .floats import FORMATS, decompose, get_format
-    from ._validate import fail
 
     names = list(FORMATS) if args.formats is None else [
         get_format(n).name for n in args.formats.split(",") if n.strip()]
@@ -65,10 +70,12 @@ def _cmd_floats(args: argparse.Namespace) -> int:
             print(f"padlab floats: {name} skipped: it has no NaN encoding", file=sys.stderr)
             continue
         rows.append(decompose(args.value, name).as_dict())
+    if not rows:  # every format asked for was skipped: nothing to show is a failure, not an empty table
+        raise fail("--formats", args.formats, f"include a format that can store {args.value!r} (one with a NaN encoding)")
     if args.json:
         print(json.dumps([{k: _json_number(v) for k, v in r.items()} for r in rows], indent=2))
         return 0
-    print(f"value {args.value} (as float64: {rows[0]['value']!r})" if rows else f"value {args.value}")
+    print(f"value {args.value} (as float64: {rows[0]['value']!r})")
     print(f"{'format':<12}{'stored':>24}  {'rel. error':>10}  {'kind':<10}{'exp':>6}  "
           f"{'hex':<20}bits (sign exponent mantissa)")
     for r in rows:
@@ -100,7 +107,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         out = tuple(x.strip() for x in text.split(",") if x.strip())
         bad = [x for x in out if x not in allowed]
         if bad or not out:
-            raise ValueError(f"{arg} must be a comma-separated list of {', '.join(allowed)}; got {text!r}")
+            raise fail(arg, text, f"be a comma-separated list of {', '.join(allowed)}")
         return out
 
     quick = dict(model="tiny", timed_steps=5, budget=8 * 128, capacity=128, seqs_per_step=8) if args.quick else {}
@@ -118,7 +125,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.png:
         from .viz import bench_summary
 
-        bench_summary(result).savefig(args.png, dpi=120)
+        bench_summary(result["rows"], device=result["device"]).savefig(args.png, dpi=120)
         print(f"wrote {args.png}")
     return 0
 
@@ -153,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.raw_argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         return args.func(args)
-    except ValueError as e:  # padlab's argument errors: one clear line, no traceback
+    except PadlabError as e:  # a bad argument: one clear line. Anything else is a bug: its traceback shows.
         print(f"padlab {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -46,12 +46,13 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from ._records import FieldMapping
 from ._validate import fail
 
 __all__ = [
     "FloatFormat", "FloatBits", "FORMATS", "get_format", "format_table", "decompose", "from_bits",
     "round_to", "ulp", "next_up", "next_down", "encode", "decode", "describe", "decompose_many",
-    "all_values", "range_fractions", "underflow_fraction",
+    "all_values", "RangeFractions", "range_fractions", "underflow_fraction",
 ]
 
 @dataclass(frozen=True)
@@ -191,6 +192,8 @@ def get_format(name: "str | FloatFormat | Any") -> FloatFormat:
     """
     if isinstance(name, FloatFormat):
         return name
+    if name is None:  # np.dtype(None) is float64: refuse it rather than mean fp64 silently
+        raise fail("format", name, "be one of " + ", ".join(map(repr, FORMATS)) + " (or an alias)")
     key = name
     if not isinstance(name, str):
         text = str(name)
@@ -209,7 +212,14 @@ def get_format(name: "str | FloatFormat | Any") -> FloatFormat:
 
 def format_table(formats: "list[str] | None" = None) -> list[dict[str, Any]]:
     """One row per format: layout, max, smallest normal/subnormal, eps, decimal digits."""
-    names = list(FORMATS) if formats is None else formats
+    if formats is None:
+        return [f.row() for f in FORMATS.values()]
+    if isinstance(formats, (str, bytes, FloatFormat)):  # a single name would be read letter by letter
+        raise fail("formats", formats, "be a list of format names (such as ['fp16']) or None")
+    try:
+        names = list(formats)
+    except TypeError:
+        raise fail("formats", formats, "be a list of format names (such as ['fp16']) or None") from None
     return [get_format(n).row() for n in names]
 
 
@@ -600,7 +610,22 @@ def decompose(value: Any, fmt: "str | FloatFormat") -> FloatBits:
 
 # ----------------------------------------------------------------------------- statistics
 
-def range_fractions(values: Any, fmt: "str | FloatFormat") -> dict[str, float]:
+@dataclass(frozen=True, eq=False)
+class RangeFractions(FieldMapping):
+    """The share of values in each outcome of storing them in a format (the six sum to 1).
+
+    Also a read-only mapping of its fields (``f["underflow"]``, ``f.values()``), in this order.
+    """
+
+    zero: float
+    underflow: float
+    subnormal: float
+    normal: float
+    overflow: float
+    nonfinite: float
+
+
+def range_fractions(values: Any, fmt: "str | FloatFormat") -> RangeFractions:
     """What ``fmt`` does to ``values``: the fraction of all values in each outcome (they sum to 1).
 
     ``zero`` (already zero), ``underflow`` (non-zero, stored as zero), ``subnormal`` (stored as a
@@ -634,9 +659,9 @@ def range_fractions(values: Any, fmt: "str | FloatFormat") -> dict[str, float]:
     normal = n - nonfinite - zero - underflow - subnormal - overflow
     counts = {"zero": zero, "underflow": underflow, "subnormal": subnormal, "normal": normal,
               "overflow": overflow, "nonfinite": nonfinite}
-    return {k: int(v) / n for k, v in counts.items()}
+    return RangeFractions(**{k: int(v) / n for k, v in counts.items()})
 
 
 def underflow_fraction(values: Any, fmt: "str | FloatFormat") -> float:
     """Fraction of ``values`` that are non-zero but would be stored as zero in ``fmt``."""
-    return range_fractions(values, fmt)["underflow"]
+    return range_fractions(values, fmt).underflow

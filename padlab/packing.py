@@ -8,11 +8,14 @@ Packing treats rows as bins of ``capacity`` tokens and sequences as items. Two a
   length histogram from longest to shortest; each sequence goes into the open pack with the
   *most* room left that still fits it (the shortest pack, hence the name), else into a new pack.
 
+``first_fit_decreasing_reference`` is FFD's definition in a dozen plain lines, one sequence at
+a time; the fast path is tested equal to it, pack for pack.
+
 Both work on the histogram of lengths, not on single sequences: all sequences of one length are
 placed in bulk (``count x pack``), so the Python work grows with ``capacity`` and the number of
 distinct pack states, not with the number of sequences; turning the result into indices is
 vectorised. Sequences stay whole; one longer than ``capacity`` is refused unless
-``truncate=True``, which keeps its first ``capacity`` tokens and counts the rest.
+``truncation=True``, which keeps its first ``capacity`` tokens and counts the rest.
 
 :class:`PackedCollator` turns packs of examples into one row per pack, with position ids that
 restart at each sequence, per-token sequence ids, ``cu_seqlens`` offsets (the flash-attention
@@ -34,7 +37,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -42,12 +44,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ._validate import check_choice, check_int, fail
-from .padding import _as_int_array, _check_bool, _is_per_token, _stack_scalars
+from ._sequences import as_int_array, check_list, is_per_token, stack_scalars
+from ._validate import check_bool, check_choice, check_int, check_lengths, fail
 
 ALGORITHMS = ("ffd", "spfhp")
 
-__all__ = ["ALGORITHMS", "PackResult", "pack", "first_fit_decreasing", "shortest_pack_first_histogram",
+__all__ = ["ALGORITHMS", "PackResult", "pack", "first_fit_decreasing", "first_fit_decreasing_reference",
+           "shortest_pack_first_histogram",
            "PackedCollator", "PackedDataset"]
 
 
@@ -170,46 +173,33 @@ class PackResult:
 # Input checks
 # ---------------------------------------------------------------------------------------------
 
-def _prepare(lengths: Any, capacity: Any, max_per_pack: Any, truncate: Any
+def _prepare(lengths: Any, capacity: Any, max_per_pack: Any, truncation: Any
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int | None, int]:
     """Kept lengths (a fresh int64 array), length classes and counts, capacity, max_per_pack, truncated tokens."""
     capacity = check_int("capacity", capacity, min_value=1)
     max_per_pack = check_int("max_per_pack", max_per_pack, min_value=1, allow_none=True)
-    truncate = _check_bool("truncate", truncate)
+    truncation = check_bool("truncation", truncation)
     if isinstance(lengths, torch.Tensor):
         lengths = lengths.detach().cpu().numpy()
-    arr = np.asarray(lengths)
-    must = "be a non-empty 1-D array of integers >= 1"
-    if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
-        raise fail("lengths", lengths, must)
+    arr = check_lengths("lengths", lengths)  # a fresh copy: the result must not alias the caller's array
     truncated = 0
-    longest = int(arr.max())
-    if longest > capacity:
-        if not truncate:
+    if int(arr.max()) > capacity:
+        if not truncation:
             i = int(np.argmax(arr > capacity))
             raise fail(f"lengths[{i}]", int(arr[i]),
-                       f"be at most capacity={capacity} (pass truncate=True to cut it)")
-        # uint64 values beyond int64 are clipped before the cast, so nothing wraps around.
-        kept = np.minimum(arr, capacity).astype(np.int64)
-        if int(arr.min()) < 1:
-            raise fail("lengths", lengths, must)
+                       f"be at most capacity={capacity} (pass truncation=True to cut it)")
         over = arr[arr > capacity]
-        truncated = int(over.sum(dtype=np.uint64 if arr.dtype.kind == "u" else np.int64)) - capacity * over.size
+        truncated = int(over.sum()) - capacity * over.size
+        kept = np.minimum(arr, capacity)
     else:
-        kept = arr.astype(np.int64, copy=True)  # a copy: the result must not alias the caller's array
-    # The length classes and their counts (what both algorithms work on); one bincount pass also
-    # checks that no length is < 1 (it refuses negatives; zeros land in bin 0).
+        kept = arr  # already a private, read-only copy
+    # The length classes and their counts (what both algorithms work on).
     if kept.max() <= 1 << 22:
-        try:
-            hist = np.bincount(kept)
-        except ValueError:
-            raise fail("lengths", lengths, must) from None
+        hist = np.bincount(kept)
         values = np.flatnonzero(hist)
         counts = hist[values]
     else:  # huge capacities: a histogram would not fit in memory
         values, counts = np.unique(kept, return_counts=True)
-    if values[0] < 1:
-        raise fail("lengths", lengths, must)
     return kept, values, counts, capacity, max_per_pack, truncated
 
 
@@ -407,15 +397,43 @@ def _ffd_events(values: np.ndarray, counts: np.ndarray, capacity: int, limit: in
 
 
 def first_fit_decreasing(lengths: Any, capacity: int, *, max_per_pack: int | None = None,
-                         truncate: bool = False) -> PackResult:
+                         truncation: bool = False) -> PackResult:
     """First-fit-decreasing: longest first (ties in index order), each into the first pack with room.
 
     ``max_per_pack`` also closes a pack once it holds that many sequences. Equal to the textbook
     one-sequence-at-a-time FFD, pack for pack, but computed over length classes.
     """
-    kept, values, counts, capacity, max_per_pack, truncated = _prepare(lengths, capacity, max_per_pack, truncate)
+    kept, values, counts, capacity, max_per_pack, truncated = _prepare(lengths, capacity, max_per_pack, truncation)
     events, n_packs = _ffd_events(values, counts, capacity, max_per_pack)
     return _result(events, n_packs, kept, values, capacity, max_per_pack, truncated, "ffd")
+
+
+def first_fit_decreasing_reference(lengths: Any, capacity: int, *,
+                                   max_per_pack: int | None = None) -> list[list[int]]:
+    """The definition of first-fit-decreasing, one sequence at a time (O(n x packs); for reading).
+
+    Sequences are taken longest first (ties in index order); each goes into the first open pack
+    that has room for it (and fewer than ``max_per_pack`` sequences), else opens a new pack.
+    Returns the packs as lists of indices. :func:`first_fit_decreasing` gives the same packs,
+    pack for pack, working on length classes instead of single sequences.
+    """
+    lengths = check_lengths("lengths", lengths).tolist()
+    capacity = check_int("capacity", capacity, min_value=1)
+    max_per_pack = check_int("max_per_pack", max_per_pack, min_value=1, allow_none=True)
+    if max(lengths) > capacity:
+        raise fail("lengths", lengths, f"be at most capacity={capacity} each")
+    packs: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):  # stable: ties keep index order
+        for p in range(len(packs)):
+            if room[p] >= lengths[i] and (max_per_pack is None or len(packs[p]) < max_per_pack):
+                packs[p].append(i)
+                room[p] -= lengths[i]
+                break
+        else:  # no open pack has room
+            packs.append([i])
+            room.append(capacity - lengths[i])
+    return packs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,7 +517,7 @@ def _strategy_events(strategies: list[tuple[int, _Node]]) -> tuple[list, int]:
 
 
 def shortest_pack_first_histogram(lengths: Any, capacity: int, *, max_per_pack: int | None = None,
-                                  truncate: bool = False) -> PackResult:
+                                  truncation: bool = False) -> PackResult:
     """Shortest-pack-first histogram-packing (SPFHP, Krell et al. 2021, arXiv:2107.02027).
 
     Lengths are taken from the histogram, longest first. Open packs are kept as strategies
@@ -513,22 +531,22 @@ def shortest_pack_first_histogram(lengths: Any, capacity: int, *, max_per_pack: 
     of a length opens its own pack; here new packs are filled with that length as far as they
     fit, which is what placing the sequences one at a time by the same rule gives.
     """
-    kept, values, counts, capacity, max_per_pack, truncated = _prepare(lengths, capacity, max_per_pack, truncate)
+    kept, values, counts, capacity, max_per_pack, truncated = _prepare(lengths, capacity, max_per_pack, truncation)
     events, n_packs = _strategy_events(_spfhp_strategies(values, counts, capacity, max_per_pack))
     return _result(events, n_packs, kept, values, capacity, max_per_pack, truncated, "spfhp")
 
 
 def pack(lengths: Any, capacity: int, *, algorithm: str = "ffd", max_per_pack: int | None = None,
-         truncate: bool = False) -> PackResult:
+         truncation: bool = False) -> PackResult:
     """Pack sequences of ``lengths`` tokens into rows of ``capacity`` tokens.
 
     ``algorithm`` is ``"ffd"`` (:func:`first_fit_decreasing`) or ``"spfhp"``
     (:func:`shortest_pack_first_histogram`). A sequence longer than ``capacity`` is an error
-    unless ``truncate=True`` (it then keeps ``capacity`` tokens; the result counts the rest).
+    unless ``truncation=True`` (it then keeps ``capacity`` tokens; the result counts the rest).
     """
     check_choice("algorithm", algorithm, ALGORITHMS)
     fn = first_fit_decreasing if algorithm == "ffd" else shortest_pack_first_histogram
-    return fn(lengths, capacity, max_per_pack=max_per_pack, truncate=truncate)
+    return fn(lengths, capacity, max_per_pack=max_per_pack, truncation=truncation)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,45 +601,40 @@ class PackedCollator:
       ``q`` may attend to key ``k``: both in the same sequence. A pad query attends to itself only,
       so no softmax row is empty (an all-False row makes SDPA return NaN); pad outputs mean nothing.
     * ``cu_seqlens`` (int32, S + 1): sequence offsets in the unpadded concatenation
-      ``input_ids[attention_mask.bool()]`` (flash-attention varlen convention); ``max_seqlen`` (int);
+      ``input_ids[attention_mask.bool()]`` (flash-attention varlen convention);
+    * ``max_seqlen``: the longest sequence, a Python ``int``: the one value that is not a tensor
+      (an integer maximum that a varlen kernel reads on the host, so it needs no device sync);
     * ``seq_lengths`` (long, S); ``seq_starts`` (long, S): the flat index ``row * C + column`` of
       each sequence's first token, so ``hidden.flatten(0, 1)[seq_starts]`` pools the ``[CLS]`` tokens;
-    * ``labels``: long (S,) for one label per sequence, or long P x C with ``label_pad_id`` on pads
+    * ``labels``: long (S,) for one label per sequence, or long P x C with ``ignore_index`` on pads
       for per-token labels (never shifted across a boundary, since each sequence keeps its own);
     * ``truncated_tokens`` (0-d long): what ``truncation=True`` dropped.
 
     With ``truncation=True`` a sequence longer than ``capacity`` keeps its first ``capacity`` tokens
-    (the rule of ``pack(..., truncate=True)``); a pack whose sequences together exceed ``capacity`` is
+    (the rule of ``pack(..., truncation=True)``); a pack whose sequences together exceed ``capacity`` is
     always an error.
     """
 
-    def __init__(self, capacity: int, *, pad_id: int = 0, label_pad_id: int = -100,
+    def __init__(self, capacity: int, *, pad_id: int = 0, ignore_index: int = -100,
                  return_block_mask: bool = True, truncation: bool = False) -> None:
         self.capacity = check_int("capacity", capacity, min_value=1)
         self.pad_id = check_int("pad_id", pad_id, min_value=0)
-        self.label_pad_id = check_int("label_pad_id", label_pad_id)
-        self.return_block_mask = _check_bool("return_block_mask", return_block_mask)
-        self.truncation = _check_bool("truncation", truncation)
+        self.ignore_index = check_int("ignore_index", ignore_index)
+        self.return_block_mask = check_bool("return_block_mask", return_block_mask)
+        self.truncation = check_bool("truncation", truncation)
 
     def __repr__(self) -> str:
         return (f"PackedCollator(capacity={self.capacity}, pad_id={self.pad_id}, "
-                f"label_pad_id={self.label_pad_id}, return_block_mask={self.return_block_mask}, "
+                f"ignore_index={self.ignore_index}, return_block_mask={self.return_block_mask}, "
                 f"truncation={self.truncation})")
 
     def __call__(self, packs: Sequence[Sequence[Any]]) -> dict[str, Any]:
-        if isinstance(packs, (str, bytes, Mapping)) or isinstance(packs, numbers.Number):
-            raise fail("packs", packs, "be a list of packs (each a list of examples)")
-        packs = list(packs)
-        if not packs:
-            raise fail("packs", packs, "hold at least one pack")
+        packs = check_list("packs", packs, items="packs (each a list of examples)", item="pack")
         examples, rows = [], []
         for p, pk in enumerate(packs):
-            if isinstance(pk, (str, bytes, Mapping)) or isinstance(pk, numbers.Number) \
-                    or (isinstance(pk, (torch.Tensor, np.ndarray)) and pk.ndim < 2):
+            if isinstance(pk, (torch.Tensor, np.ndarray)) and pk.ndim < 2:
                 raise fail(f"packs[{p}]", pk, "be a list of examples")
-            pk = list(pk)
-            if not pk:
-                raise fail(f"packs[{p}]", pk, "hold at least one example")
+            pk = check_list(f"packs[{p}]", pk, items="examples", item="example")
             examples.extend(pk)
             rows.extend([p] * len(pk))
         names = [f"packs[{p}][{j}]" for p, pk in enumerate(packs) for j in range(len(pk))]
@@ -640,12 +653,12 @@ class PackedCollator:
                     raise fail(names[i], e, f"hold only 'input_ids' and 'labels' (not {sorted(extra)})")
                 if ("labels" in e) != ("labels" in examples[0]):
                     raise fail(names[i], e, "have 'labels' exactly when the first example has")
-            ids = [_as_int_array(f"{names[i]}['input_ids']", e["input_ids"], allow_negative=False,
+            ids = [as_int_array(f"{names[i]}['input_ids']", e["input_ids"], allow_negative=False,
                                  allow_empty=False) for i, e in enumerate(examples)]
             if "labels" in examples[0]:
                 labels = [e["labels"] for e in examples]
         else:
-            ids = [_as_int_array(names[i], e, allow_negative=False, allow_empty=False)
+            ids = [as_int_array(names[i], e, allow_negative=False, allow_empty=False)
                    for i, e in enumerate(examples)]
         id_names = [f"{nm}['input_ids']" for nm in names] if dicts[0] else names
         return self._build(ids, np.asarray(rows, dtype=np.int64), len(packs), labels, names, id_names)
@@ -704,17 +717,17 @@ class PackedCollator:
         return out
 
     def _labels(self, labels: list, full: np.ndarray, lens: np.ndarray, grid, names: list[str]) -> torch.Tensor:
-        per_token = [_is_per_token(v) for v in labels]
+        per_token = [is_per_token(v) for v in labels]
         if not any(per_token):
-            return _stack_scalars("labels", labels)
+            return stack_scalars("labels", labels)
         for i, v in enumerate(labels):
             if not per_token[i]:
                 raise fail(f"{names[i]}['labels']", v, "be a per-token list like the other examples' labels")
-        arrays = [_as_int_array(f"{names[i]}['labels']", v, allow_negative=True, allow_empty=True)
+        arrays = [as_int_array(f"{names[i]}['labels']", v, allow_negative=True, allow_empty=True)
                   for i, v in enumerate(labels)]
         for i, a in enumerate(arrays):
             if a.size != full[i]:
                 raise fail(f"{names[i]}['labels']", labels[i],
                            f"have one label per input id ({int(full[i])}), not {a.size}")
         flat = np.concatenate([a[:k] for a, k in zip(arrays, lens.tolist())])
-        return grid(self.label_pad_id, flat)
+        return grid(self.ignore_index, flat)

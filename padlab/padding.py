@@ -15,79 +15,35 @@ padded tensor through a single boolean-mask assignment.
 """
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ._validate import check_choice, check_int, fail
+from ._sequences import as_int_array, check_list, is_per_token, stack_scalars
+from ._validate import check_bool, check_choice, check_int, fail
 
 PADDINGS = ("longest", "max_length")
 SIDES = ("right", "left")
 
 # Keys the collator builds itself; an example that carries one would be silently overwritten.
-_BUILT_KEYS = ("attention_mask", "position_ids", "lengths", "truncated_tokens")
+_BUILT_KEYS = ("attention_mask", "position_ids", "seq_lengths", "truncated_tokens")
 
 
 # ---------------------------------------------------------------------------------------------
 # Conversion and validation (a loop over sequences, never over tokens)
 # ---------------------------------------------------------------------------------------------
 
-def _as_int_array(name: str, seq: Any, *, allow_negative: bool, allow_empty: bool) -> np.ndarray:
-    """``seq`` as a 1-D int64 array; refuses floats, bools, strings, nesting (and negatives)."""
-    if type(seq) is np.ndarray and seq.ndim == 1 and seq.dtype.kind == "i" and seq.size:
-        # Fast path for the common case (a corpus hands out int arrays): one reduction, no copies.
-        if allow_negative or seq.min() >= 0:
-            return seq.astype(np.int64, copy=False)
-    must = "be a 1-D sequence of integer" + (" token ids >= 0" if not allow_negative else "s")
-    if isinstance(seq, (str, bytes, Mapping)) or isinstance(seq, numbers.Number):
-        raise fail(name, seq, must)
-    if isinstance(seq, torch.Tensor):
-        if seq.dtype == torch.bool or seq.dtype.is_floating_point or seq.dtype.is_complex or seq.dim() != 1:
-            raise fail(name, seq, must)
-        arr = seq.detach().cpu().numpy()
-    else:
-        try:
-            arr = np.asarray(seq)
-        except (ValueError, TypeError, OverflowError):  # ragged nesting, ints beyond int64
-            raise fail(name, seq, must) from None
-        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-            # An empty list becomes float64; it is an empty sequence, not a float one.
-            if not (arr.ndim == 1 and arr.size == 0):
-                raise fail(name, seq, must)
-    if arr.size == 0:
-        if not allow_empty:
-            raise fail(name, seq, "hold at least one token")
-        return np.zeros(0, dtype=np.int64)
-    if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
-        raise fail(name, seq, must)
-    arr = arr.astype(np.int64, copy=False)
-    if not allow_negative and arr.min() < 0:
-        raise fail(name, seq, must)
-    return arr
-
-
 def _concat(name: str, sequences: Any, *, allow_negative: bool, allow_empty: bool
             ) -> tuple[np.ndarray, np.ndarray, list[Any]]:
     """All sequences concatenated (a fresh array: the caller's data is never aliased), their lengths,
     and the sequences as a list (so a generator can still be quoted in an error)."""
-    if isinstance(sequences, (str, bytes, Mapping)) or isinstance(sequences, numbers.Number):
-        raise fail(name, sequences, "be a list of sequences")
-    seqs = list(sequences)
-    if not seqs:
-        raise fail(name, seqs, "hold at least one sequence")
-    arrays = [_as_int_array(f"{name}[{i}]", s, allow_negative=allow_negative, allow_empty=allow_empty)
+    seqs = check_list(name, sequences, items="sequences", item="sequence")
+    arrays = [as_int_array(f"{name}[{i}]", s, allow_negative=allow_negative, allow_empty=allow_empty)
               for i, s in enumerate(seqs)]
     lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
     return np.concatenate(arrays), lengths, seqs
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise fail(name, value, "be True or False")
-    return bool(value)
 
 
 def _check_options(padding: str, max_length: int | None, pad_to_multiple_of: int | None, padding_side: str,
@@ -95,7 +51,7 @@ def _check_options(padding: str, max_length: int | None, pad_to_multiple_of: int
     check_choice("padding", padding, PADDINGS)
     check_choice("padding_side", padding_side, SIDES)
     check_choice("truncation_side", truncation_side, SIDES)
-    _check_bool("truncation", truncation)
+    check_bool("truncation", truncation)
     max_length = check_int("max_length", max_length, min_value=1, allow_none=True)
     mult = check_int("pad_to_multiple_of", pad_to_multiple_of, min_value=1, allow_none=True)
     if padding == "max_length" and max_length is None:
@@ -175,14 +131,14 @@ def pad_batch(sequences: Sequence[Any], *, padding: str = "longest", max_length:
     * ``position_ids`` (long, B x W, unless ``return_position_ids=False``): ``0..len-1`` over the real
       tokens whichever side the pads are on (the first real token is 0 under left padding too);
       pads get 0;
-    * ``lengths`` (long, B): tokens kept per row;
+    * ``seq_lengths`` (long, B): tokens kept per row;
     * ``truncated_tokens`` (long, 0-d tensor): tokens dropped by truncation in the whole batch
       (a tensor, so ``{k: v.to(device) for k, v in batch.items()}`` works; ``int()`` it to count).
     """
     max_length, mult = _check_options(padding, max_length, pad_to_multiple_of, padding_side, truncation,
                                       truncation_side)
     pad_id = check_int("pad_id", pad_id, min_value=0)
-    return_position_ids = _check_bool("return_position_ids", return_position_ids)
+    return_position_ids = check_bool("return_position_ids", return_position_ids)
     flat, lengths, seqs = _concat("sequences", sequences, allow_negative=False, allow_empty=False)
     kept = _kept_lengths("sequences", seqs, lengths, padding=padding, max_length=max_length,
                          truncation=truncation)
@@ -198,7 +154,7 @@ def _assemble(flat: torch.Tensor, lengths: torch.Tensor, kept: torch.Tensor, wid
     out = {"input_ids": ids, "attention_mask": mask.long()}
     if return_position_ids:
         out["position_ids"] = (torch.arange(width)[None, :] - start[:, None]) * mask
-    out["lengths"] = kept.clone()
+    out["seq_lengths"] = kept.clone()
     out["truncated_tokens"] = (lengths - kept).sum()
     return out
 
@@ -222,40 +178,20 @@ def pad_labels(labels: Sequence[Any], width: int, *, padding_side: str = "right"
     return out
 
 
-def _stack_scalars(name: str, values: list[Any]) -> torch.Tensor:
-    """Sequence-level values (labels, weights, ...) as one tensor: long if all ints, else float32."""
-    out = []
-    for i, v in enumerate(values):
-        if isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim == 0:
-            v = v.item()
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
-            raise fail(f"examples[{i}][{name!r}]", v, "be an int or a float (one value per example)")
-        out.append(v)
-    if all(isinstance(v, numbers.Integral) for v in out):
-        return torch.tensor([int(v) for v in out], dtype=torch.long)
-    return torch.tensor([float(v) for v in out], dtype=torch.float32)
-
-
-def _is_per_token(v: Any) -> bool:
-    if isinstance(v, (torch.Tensor, np.ndarray)):
-        return v.ndim >= 1
-    return isinstance(v, Sequence) and not isinstance(v, (str, bytes))
-
-
 class PaddingCollator:
     """A ``DataLoader`` ``collate_fn`` that pads a list of examples with :func:`pad_batch`.
 
     Examples are either all dicts or all plain id sequences (lists, 1-D arrays or tensors).
     A dict needs ``"input_ids"``; its ``"labels"`` may be one int/float per example (stacked) or a
-    per-token list as long as its ids (truncated with them, padded with ``label_pad_id``); any
+    per-token list as long as its ids (truncated with them, padded with ``ignore_index``); any
     other key must hold one int/float per example and is stacked. Every example must have the
-    same keys. The result holds ``input_ids``, ``attention_mask``, ``position_ids``, ``lengths``,
+    same keys. The result holds ``input_ids``, ``attention_mask``, ``position_ids``, ``seq_lengths``,
     ``truncated_tokens`` (see :func:`pad_batch`), then ``labels`` and the other keys.
     """
 
     def __init__(self, padding: str = "longest", max_length: int | None = None,
                  pad_to_multiple_of: int | None = None, padding_side: str = "right",
-                 truncation_side: str = "right", pad_id: int = 0, label_pad_id: int = -100,
+                 truncation_side: str = "right", pad_id: int = 0, ignore_index: int = -100,
                  truncation: bool = True) -> None:
         # Check everything now, so a bad collator fails where it is built, not inside a worker.
         self.max_length, self.pad_to_multiple_of = _check_options(
@@ -265,20 +201,16 @@ class PaddingCollator:
         self.truncation_side = truncation_side
         self.truncation = truncation
         self.pad_id = check_int("pad_id", pad_id, min_value=0)
-        self.label_pad_id = check_int("label_pad_id", label_pad_id)
+        self.ignore_index = check_int("ignore_index", ignore_index)
 
     def __repr__(self) -> str:
         return (f"PaddingCollator(padding={self.padding!r}, max_length={self.max_length!r}, "
                 f"pad_to_multiple_of={self.pad_to_multiple_of!r}, padding_side={self.padding_side!r}, "
                 f"truncation_side={self.truncation_side!r}, pad_id={self.pad_id!r}, "
-                f"label_pad_id={self.label_pad_id!r}, truncation={self.truncation!r})")
+                f"ignore_index={self.ignore_index!r}, truncation={self.truncation!r})")
 
     def __call__(self, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
-        if isinstance(examples, (str, bytes, Mapping)):
-            raise fail("examples", examples, "be a list of examples")
-        examples = list(examples)
-        if not examples:
-            raise fail("examples", examples, "hold at least one example")
+        examples = check_list("examples", examples, items="examples", item="example")
         dicts = [isinstance(e, Mapping) for e in examples]
         if any(dicts) and not all(dicts):
             i = dicts.index(not dicts[0])
@@ -302,10 +234,10 @@ class PaddingCollator:
             if k == "input_ids":
                 continue
             values = [e[k] for e in examples]
-            if k == "labels" and any(_is_per_token(v) for v in values):
+            if k == "labels" and any(is_per_token(v) for v in values):
                 out[k] = self._token_labels(ids, values)
             else:
-                out[k] = _stack_scalars(k, values)
+                out[k] = stack_scalars(k, values)
         return out
 
     def _pad(self, ids: list[Any]) -> dict[str, torch.Tensor]:
@@ -315,7 +247,7 @@ class PaddingCollator:
 
     def _token_labels(self, ids: list[Any], labels: list[Any]) -> torch.Tensor:
         for i, v in enumerate(labels):
-            if not _is_per_token(v):
+            if not is_per_token(v):
                 raise fail(f"examples[{i}]['labels']", v,
                            "be a per-token list like the other examples' labels")
         flat, lengths, seqs = _concat("labels", labels, allow_negative=True, allow_empty=True)
@@ -330,5 +262,5 @@ class PaddingCollator:
         width = _width(kept, padding=self.padding, max_length=self.max_length, mult=self.pad_to_multiple_of)
         flat_t = _truncate_flat(torch.from_numpy(flat), torch.from_numpy(lengths), torch.from_numpy(kept),
                                 self.truncation_side)
-        out, _, _ = _fill(flat_t, torch.from_numpy(kept), width, self.padding_side, self.label_pad_id)
+        out, _, _ = _fill(flat_t, torch.from_numpy(kept), width, self.padding_side, self.ignore_index)
         return out

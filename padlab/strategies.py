@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ._validate import check_choice, check_int, fail
-from .metrics import BatchShape, WasteReport, length_eta_squared, padded_batches, waste
+from .waste import BatchShape, WasteReport, length_eta_squared, padded_batches, waste
 
 # Order matters: it is the order of rows in every table.
 STRATEGIES = ("fixed", "dynamic", "bucketed", "token-budget", "packed")
@@ -80,7 +80,7 @@ def _packed(lengths, batch_size, max_length, seed, algorithm="ffd", max_per_pack
 
     if not isinstance(varlen, (bool, np.bool_)):
         raise fail("varlen", varlen, "be True or False")
-    result = pack(lengths, max_length, algorithm=algorithm, max_per_pack=max_per_pack, truncate=True)
+    result = pack(lengths, max_length, algorithm=algorithm, max_per_pack=max_per_pack, truncation=True)
     rows = max(1, round(batch_size * float(result.lengths.mean()) / max_length))
     order = np.random.default_rng(seed).permutation(result.n_packs)
     packs = result.packs

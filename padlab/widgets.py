@@ -3,6 +3,9 @@
 Every ``*_widget`` function returns an ``ipywidgets.Widget`` (controls plus an output area) and
 keeps no state of its own beyond the controls. The numbers a widget shows come from the same
 padlab functions the tests check, so a browser test can compare the page with padlab.
+
+Labels are shown in full (:data:`LABEL_STYLE`), and each picture is drawn at the pixel width it is
+shown at (:data:`PICTURE_DPI`, :data:`PICTURE_MAX_WIDTH_PX`), so its text is as sharp as a static plot's.
 """
 from __future__ import annotations
 
@@ -18,26 +21,59 @@ from typing import Any
 import ipywidgets as W
 import matplotlib.pyplot as plt
 import numpy as np
-from IPython.display import display
 
 from . import viz
 from ._validate import check_choice, check_int, fail
+# Chapter 07's readers of the shipped benchmark JSON (padlab.experiments.results after the split).
+from .bench import best_row, result_for_work, row_label, speedups
 from .data import CORPORA, load_corpus
 from .floats import FORMATS, FloatBits, FloatFormat, decompose, decompose_many, from_bits, get_format
 from .packing import ALGORITHMS, pack
-from .strategies import waste_table
+from .strategies import bucket_tradeoff, waste_table
 
 
-def _show_png(image: W.Image, fig) -> None:
-    """Draw ``fig`` into an Image widget and free it.
+#: Every control's description is shown in full ("mega_batch", "max per pack", not "mega_bat...").
+LABEL_STYLE = {"description_width": "initial"}
+#: Widget pictures are drawn at this resolution (a little above the notebooks' 90 dpi, for the
+#: widgets' wider output area) ...
+PICTURE_DPI = 110
+#: ... unless that would be wider than this (JupyterLab's output area at a 1400 px window is 964 px).
+PICTURE_MAX_WIDTH_PX = 960
+
+
+def picture_dpi(width_inches: float) -> float:
+    """The dpi a widget picture ``width_inches`` wide is drawn at: :data:`PICTURE_DPI`, lowered so
+    that the picture is at most :data:`PICTURE_MAX_WIDTH_PX` pixels wide."""
+    return min(PICTURE_DPI, PICTURE_MAX_WIDTH_PX / width_inches)
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """``(width, height)`` in pixels from a PNG's header."""
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def show_png(image: W.Image, fig) -> None:
+    """Draw ``fig`` into an Image widget at :func:`picture_dpi`, size the widget to the picture's
+    pixels (a flex box would otherwise stretch it to the output's width, blurring its text), and
+    free the figure.
 
     An image in widget state, not a display inside an ``Output`` area: kernels run without a browser
     (nbval, nbconvert) then record the same cell outputs, so stored notebooks compare cleanly.
     """
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", dpi=picture_dpi(fig.get_figwidth()))
     plt.close(fig)
-    image.value = buf.getvalue()
+    png = buf.getvalue()
+    width, _ = png_size(png)
+    image.value = png
+    image.layout.width = f"{width}px"
+    image.layout.height = "auto"
+    image.layout.max_width = "100%"      # a narrower window shrinks it (keeping its aspect) rather than cut it
+
+
+def _row(*controls: W.Widget) -> W.HBox:
+    """Controls side by side, wrapping onto a second line where the window is narrow."""
+    return W.HBox(list(controls), layout=W.Layout(flex_flow="row wrap"))
 
 
 #: Grids the curves are drawn on (the readout is computed for the exact control value).
@@ -114,8 +150,8 @@ def fixed_padding_widget(corpus: str = "fortunes", max_length: int = 128, *, bat
     if max_length > 512:
         raise fail("max_length", max_length, "be at most 512 (the slider's range)")
     batch_size = check_int("batch_size", batch_size, min_value=1)
-    pick = W.Dropdown(options=list(CORPORA), value=corpus, description="corpus")
-    slider = W.IntSlider(value=max_length, min=8, max=512, step=8, description="max_length",
+    pick = W.Dropdown(style=LABEL_STYLE, options=list(CORPORA), value=corpus, description="corpus")
+    slider = W.IntSlider(style=LABEL_STYLE, value=max_length, min=8, max=512, step=8, description="max_length",
                          continuous_update=False)
     readout = W.HTML()
     readout.add_class("padlab-readout")
@@ -125,12 +161,12 @@ def fixed_padding_widget(corpus: str = "fortunes", max_length: int = 128, *, bat
         readout.value = _fixed_padding_text({"corpus": pick.value, "max_length": slider.value},
                                             batch_size=batch_size)
         grid, wasted, truncated = _fixed_curve(pick.value, batch_size)
-        _show_png(out, viz.waste_vs_max_length(grid, wasted, truncated, corpus=pick.value, current=slider.value))
+        show_png(out, viz.waste_vs_max_length(grid, wasted, truncated, corpus=pick.value, current=slider.value))
 
     pick.observe(update, names="value")
     slider.observe(update, names="value")
     update()
-    return W.VBox([W.HBox([pick, slider]), readout, out])
+    return W.VBox([_row(pick, slider), readout, out])
 
 
 def dynamic_padding_widget(corpus: str = "fortunes", batch_size: int = 32, *, max_length: int = 512) -> W.VBox:
@@ -139,9 +175,9 @@ def dynamic_padding_widget(corpus: str = "fortunes", batch_size: int = 32, *, ma
     check_choice("corpus", corpus, CORPORA)
     check_choice("batch_size", batch_size, BATCH_SIZE_GRID)
     max_length = check_int("max_length", max_length, min_value=1)
-    pick = W.Dropdown(options=list(CORPORA), value=corpus, description="corpus")
-    slider = W.SelectionSlider(options=list(BATCH_SIZE_GRID), value=batch_size, description="batch size",
-                               continuous_update=False)
+    pick = W.Dropdown(style=LABEL_STYLE, options=list(CORPORA), value=corpus, description="corpus")
+    slider = W.SelectionSlider(style=LABEL_STYLE, options=list(BATCH_SIZE_GRID), value=batch_size,
+                               description="batch size", continuous_update=False)
     readout = W.HTML()
     readout.add_class("padlab-readout")
     out = W.Image(format="png")
@@ -149,13 +185,13 @@ def dynamic_padding_widget(corpus: str = "fortunes", batch_size: int = 32, *, ma
     def update(_=None) -> None:
         readout.value = _dynamic_padding_text({"corpus": pick.value, "batch size": slider.value},
                                               max_length=max_length)
-        _show_png(out, viz.waste_vs_batch_size(BATCH_SIZE_GRID, _batch_curve(pick.value, max_length),
+        show_png(out, viz.waste_vs_batch_size(BATCH_SIZE_GRID, _batch_curve(pick.value, max_length),
                                            corpus=pick.value, current=slider.value))
 
     pick.observe(update, names="value")
     slider.observe(update, names="value")
     update()
-    return W.VBox([W.HBox([pick, slider]), readout, out])
+    return W.VBox([_row(pick, slider), readout, out])
 
 # --- chapter 03: bucketing --------------------------------------------------------------------
 
@@ -184,8 +220,6 @@ def _bucketing_readout(corpus: str, r) -> str:
 
 
 def _bucketing_text(controls: Mapping[str, Any], *, batch_size: int = 32, max_length: int = 512) -> str:
-    from .strategies import bucket_tradeoff
-
     corpus = controls["corpus"]
     r = bucket_tradeoff(load_corpus(corpus).lengths, batch_size=batch_size, max_length=max_length,
                         mega_batch=_mega_batch_value(controls["mega_batch"]),
@@ -198,8 +232,6 @@ READOUTS["bucketing_widget"] = _bucketing_text
 
 @functools.lru_cache(maxsize=16)
 def _tradeoff_curve(corpus: str, noise: float, batch_size: int, max_length: int) -> tuple[list[float], list[float]]:
-    from .strategies import bucket_tradeoff
-
     lengths = load_corpus(corpus).lengths
     rows = [bucket_tradeoff(lengths, batch_size=batch_size, max_length=max_length, mega_batch=m, noise=noise)
             for m in MEGA_BATCH_GRID]
@@ -219,11 +251,11 @@ def bucketing_widget(corpus: str = "fortunes", mega_batch: int = 50, noise: floa
         raise fail("noise", noise, f"be a number from {lo} to {hi} (the slider's range)")
     batch_size = check_int("batch_size", batch_size, min_value=8)
     max_length = check_int("max_length", max_length, min_value=1)
-    pick = W.Dropdown(options=list(CORPORA), value=corpus, description="corpus")
-    pool = W.SelectionSlider(options=[(_MEGA_LABELS[m], m) for m in MEGA_BATCH_GRID], value=mega_batch,
-                             description="mega_batch", continuous_update=False)
-    jitter = W.FloatSlider(value=round(float(noise), 2), min=lo, max=hi, step=step, readout_format=".2f",
-                           description="noise", continuous_update=False)
+    pick = W.Dropdown(style=LABEL_STYLE, options=list(CORPORA), value=corpus, description="corpus")
+    pool = W.SelectionSlider(style=LABEL_STYLE, options=[(_MEGA_LABELS[m], m) for m in MEGA_BATCH_GRID],
+                             value=mega_batch, description="mega_batch", continuous_update=False)
+    jitter = W.FloatSlider(style=LABEL_STYLE, value=round(float(noise), 2), min=lo, max=hi, step=step,
+                           readout_format=".2f", description="noise", continuous_update=False)
     readout = W.HTML()
     readout.add_class("padlab-readout")
     out = W.Image(format="png")
@@ -237,13 +269,13 @@ def bucketing_widget(corpus: str = "fortunes", mega_batch: int = 50, noise: floa
             effs[f"noise {n:.2f}"], etas[f"noise {n:.2f}"] = _tradeoff_curve(pick.value, n, batch_size, max_length)
         key = f"noise {level:.2f}"
         i = MEGA_BATCH_GRID.index(pool.value)
-        _show_png(out, viz.bucketing_tradeoff(MEGA_BATCH_GRID, effs, etas, corpus=pick.value,
+        show_png(out, viz.bucketing_tradeoff(MEGA_BATCH_GRID, effs, etas, corpus=pick.value,
                                               current=(pool.value, effs[key][i], etas[key][i])))
 
     for control in (pick, pool, jitter):
         control.observe(update, names="value")
     update()
-    return W.VBox([W.HBox([pick, pool, jitter]), readout, out])
+    return W.VBox([_row(pick, pool, jitter), readout, out])
 
 
 _MEGA_LABELS = {m: ("full" if m == 0 else str(m)) for m in MEGA_BATCH_GRID}
@@ -268,7 +300,9 @@ def _packing_readout(corpus: str, capacity: int, algorithm: str, max_per_pack: i
             f"{cut:,} tokens truncated ({cut / real_tokens:.2%} of real tokens)")
 
 
-def _shown_packs(n_packs: int, n: int, which: str) -> list[int]:
+def shown_packs(n_packs: int, n: int, which: str) -> list[int]:
+    """Which ``n`` of ``n_packs`` packs the packing widget draws: the ``"first"``, the ``"last"``, or
+    ``"spread"`` evenly from the first to the last."""
     if which == "first":
         return list(range(min(n, n_packs)))
     if which == "last":
@@ -282,7 +316,7 @@ def _packing_text(controls: Mapping[str, Any], **_: Any) -> str:
     limit = controls.get("max per pack")
     limit = None if limit in (None, "", "none") else int(limit)
     lengths = load_corpus(corpus).lengths
-    result = pack(lengths, capacity, algorithm=alg, max_per_pack=limit, truncate=True)
+    result = pack(lengths, capacity, algorithm=alg, max_per_pack=limit, truncation=True)
     return _packing_readout(corpus, capacity, alg, limit, result, int(lengths.sum()))
 
 
@@ -294,7 +328,7 @@ def packing_widget(corpus: str = "wordnet", capacity: int = 512, algorithm: str 
     """Packing: capacity slider, algorithm, sequences-per-pack limit, corpus and which packs to draw.
 
     The readout (packs, efficiency, truncated tokens) comes from :func:`padlab.packing.pack` with
-    ``truncate=True`` over the whole corpus; the picture is :func:`padlab.viz.pack_bars` of
+    ``truncation=True`` over the whole corpus; the picture is :func:`padlab.viz.pack_bars` of
     ``n_packs`` of its packs (the first, the last, or spread evenly over all).
     """
     check_choice("corpus", corpus, CORPORA)
@@ -306,26 +340,26 @@ def packing_widget(corpus: str = "wordnet", capacity: int = 512, algorithm: str 
     check_choice("max_per_pack", max_per_pack, MAX_PER_PACK_CHOICES)
     check_choice("shown", shown, PACKS_SHOWN)
     n_packs = check_int("n_packs", n_packs, min_value=1)
-    pick = W.Dropdown(options=list(CORPORA), value=corpus, description="corpus")
-    slider = W.IntSlider(value=capacity, min=lo, max=hi, step=step, description="capacity",
+    pick = W.Dropdown(style=LABEL_STYLE, options=list(CORPORA), value=corpus, description="corpus")
+    slider = W.IntSlider(style=LABEL_STYLE, value=capacity, min=lo, max=hi, step=step, description="capacity",
                          continuous_update=False)
-    alg = W.ToggleButtons(options=list(ALGORITHMS), value=algorithm, description="algorithm")
+    alg = W.ToggleButtons(style=LABEL_STYLE, options=list(ALGORITHMS), value=algorithm, description="algorithm")
     # ipywidgets shows a None value as "nothing selected" (a blank box): 0 stands for "none".
-    limit = W.Dropdown(options=[("none", 0)] + [(str(k), k) for k in MAX_PER_PACK_CHOICES[1:]],
+    limit = W.Dropdown(style=LABEL_STYLE, options=[("none", 0)] + [(str(k), k) for k in MAX_PER_PACK_CHOICES[1:]],
                        value=max_per_pack or 0, description="max per pack")
-    which = W.Dropdown(options=list(PACKS_SHOWN), value=shown, description="packs shown")
+    which = W.Dropdown(style=LABEL_STYLE, options=list(PACKS_SHOWN), value=shown, description="packs shown")
     readout = W.HTML()
     readout.add_class("padlab-readout")
     out = W.Image(format="png")
 
     def update(_=None) -> None:
         lengths = load_corpus(pick.value).lengths
-        result = pack(lengths, slider.value, algorithm=alg.value, max_per_pack=limit.value or None, truncate=True)
+        result = pack(lengths, slider.value, algorithm=alg.value, max_per_pack=limit.value or None, truncation=True)
         readout.value = _packing_readout(pick.value, slider.value, alg.value, limit.value or None, result,
                                          int(lengths.sum()))
-        chosen = _shown_packs(result.n_packs, n_packs, which.value)
+        chosen = shown_packs(result.n_packs, n_packs, which.value)
         packs = result.packs
-        _show_png(out, viz.pack_bars([result.lengths[packs[p]] for p in chosen], slider.value,
+        show_png(out, viz.pack_bars([result.lengths[packs[p]] for p in chosen], slider.value,
                                      pack_names=[f"pack {p:,}" for p in chosen],
                                      title=f"{pick.value}: {len(chosen)} of {result.n_packs:,} packs "
                                            f"({which.value}), {alg.value}, capacity {slider.value}"))
@@ -333,7 +367,7 @@ def packing_widget(corpus: str = "wordnet", capacity: int = 512, algorithm: str 
     for control in (pick, slider, alg, limit, which):
         control.observe(update, names="value")
     update()
-    return W.VBox([W.HBox([pick, slider, limit]), W.HBox([alg, which]), readout, out])
+    return W.VBox([_row(pick, slider, limit), _row(alg, which), readout, out])
 
 
 # --- chapter 05: float formats ----------------------------------------------------------------
@@ -427,8 +461,8 @@ def float_toy_widget(value: "str | float" = "0.1", fmt: str = "fp16") -> W.VBox:
         raise fail("value", value, "be a number or a numeric string")
     text = value if isinstance(value, str) else repr(float(value))
     first = float_toy_state(text, fmt)          # bad values fail here, before any widget exists
-    pick = W.Dropdown(options=list(FORMATS), value=fmt, description="format")
-    box = W.Text(value=text, description="value", continuous_update=False)
+    pick = W.Dropdown(style=LABEL_STYLE, options=list(FORMATS), value=fmt, description="format")
+    box = W.Text(style=LABEL_STYLE, value=text, description="value", continuous_update=False)
     down = W.Button(description="next down", tooltip="the next smaller value this format can store")
     up = W.Button(description="next up", tooltip="the next larger value this format can store")
     bits = W.Box(layout=W.Layout(display="flex", flex_flow="row wrap"))
@@ -460,7 +494,7 @@ def float_toy_widget(value: "str | float" = "0.1", fmt: str = "fp16") -> W.VBox:
         down.disabled = not fb.next_down < fb.rounded
         up.disabled = not fb.next_up > fb.rounded
         readout.value = _float_toy_text({"format": fb.format, "value": box.value})
-        _show_png(image, viz.float_bits(fb))
+        show_png(image, viz.float_bits(fb))
 
     def set_value(fb: FloatBits) -> None:
         """Show ``fb`` and write its stored value into the text box, exactly (else, and for a NaN, its bits)."""
@@ -499,25 +533,35 @@ def float_toy_widget(value: "str | float" = "0.1", fmt: str = "fp16") -> W.VBox:
     down.on_click(functools.partial(step, "down"))
     up.on_click(functools.partial(step, "up"))
     show(first)
-    return W.VBox([W.HBox([pick, box, down, up]), bits, readout, image])
+    return W.VBox([_row(pick, box, down, up), bits, readout, image])
 
 
 # --- chapter 07: benchmark --------------------------------------------------------------------
 
-from . import bench as _bench  # noqa: E402  (chapter 07 only; kept next to its use)
-
 WORK_LABELS = {"tokens": "equal tokens (~16k slots a step)", "sequences": "equal sequences (32 a step)"}
 
 
+def _work_key(shown: str) -> str:
+    """A work control value as the page shows it (a label of :data:`WORK_LABELS`, or its key) -> the key."""
+    key = next((k for k, v in WORK_LABELS.items() if v == shown), shown)
+    check_choice("work", key, WORK_LABELS)
+    return key
+
+
+def bench_precisions(work: str) -> list[str]:
+    """The precision policies the shipped run in ``work`` mode has rows for, in the run's order:
+    the only ones the bench widget offers (the equal-sequences run measured fp32 and bf16-amp only)."""
+    return list(dict.fromkeys(r["precision"] for r in result_for_work(_work_key(work))["rows"]))
+
+
 def _bench_text(controls: Mapping[str, Any]) -> str:
-    precision = controls["precision"]
-    work = next((k for k, v in WORK_LABELS.items() if v == controls["work"]), controls["work"])
-    result = _bench.result_for_work(work)
-    row = _bench.best_row(result, precision=precision)
+    precision, work = controls["precision"], _work_key(controls["work"])
+    result = result_for_work(work)
+    row = best_row(result, precision=precision)
     if row is None:
         return f"{WORK_LABELS[work]}: no {precision} rows in this run"
-    speed = _bench.speedups(result, precision=precision)[_bench.row_label(row)]
-    return (f"{WORK_LABELS[work]}, {precision}: best {_bench.row_label(row)} "
+    speed = speedups(result, precision=precision)[row_label(row)]
+    return (f"{WORK_LABELS[work]}, {precision}: best {row_label(row)} "
             f"{row['real_tokens_per_s']:,.0f} real tokens/s ({speed:.1f}x fixed/fp32), "
             f"MFU {row['mfu']:.1%}, padded {row['padded_fraction']:.1%}")
 
@@ -526,31 +570,47 @@ READOUTS["bench_widget"] = _bench_text
 
 
 def bench_widget(precision: str = "bf16-amp", work: str = "tokens") -> W.VBox:
-    """The shipped H100 benchmark: pick a precision policy and the equal-work mode; the bars show
-    every strategy's speed-up over fixed/fp32 and the readout the best row's real tokens/s and MFU
-    (:func:`padlab.bench.best_row`, :func:`padlab.bench.speedups`)."""
-    check_choice("precision", precision, _bench.PRECISIONS)
-    check_choice("work", work, _bench.WORK)
-    pick = W.Dropdown(options=list(_bench.PRECISIONS), value=precision, description="precision")
-    mode = W.Dropdown(options=list(WORK_LABELS.values()), value=WORK_LABELS[work], description="work",
-                      layout=W.Layout(width="330px"))
+    """The shipped H100 benchmark: pick the equal-work mode and a precision policy; the bars show
+    every row's speed-up over fixed/fp32 and the readout the best row's real tokens/s and MFU
+    (:func:`padlab.bench.best_row`, :func:`padlab.bench.speedups`).
+
+    The precision dropdown offers only the policies the chosen run measured
+    (:func:`bench_precisions`); switching the mode to a run without the current policy selects
+    that run's first policy.
+    """
+    work = _work_key(work)
+    check_choice("precision", precision, bench_precisions(work))
+    pick = W.Dropdown(style=LABEL_STYLE, options=bench_precisions(work), value=precision, description="precision")
+    mode = W.Dropdown(style=LABEL_STYLE, options=list(WORK_LABELS.values()), value=WORK_LABELS[work],
+                      description="work", layout=W.Layout(width="330px"))
     readout = W.HTML()
     readout.add_class("padlab-readout")
     out = W.Image(format="png")
+    state = {"quiet": False}
 
     def update(_=None) -> None:
+        if state["quiet"]:
+            return
         readout.value = _bench_text({"precision": pick.value, "work": mode.value})
-        w = next(k for k, v in WORK_LABELS.items() if v == mode.value)
-        result = _bench.result_for_work(w)
-        sp = _bench.speedups(result, precision=pick.value)
-        if sp:
-            best = _bench.row_label(_bench.best_row(result, precision=pick.value))
-            _show_png(out, viz.speedup_bars(sp, highlight=best,
-                                            title=f"{pick.value}, {WORK_LABELS[w]} ({result['device']})"))
-        else:
-            out.value = b""
+        w = _work_key(mode.value)
+        result = result_for_work(w)
+        best = row_label(best_row(result, precision=pick.value))
+        show_png(out, viz.speedup_bars(speedups(result, precision=pick.value), highlight=best,
+                                       title=f"{pick.value}, {WORK_LABELS[w]} ({result['device']})"))
+
+    def new_work(_=None) -> None:
+        offered = bench_precisions(mode.value)
+        if list(pick.options) != offered:
+            keep = pick.value if pick.value in offered else offered[0]
+            state["quiet"] = True          # new options select their first entry: one redraw, below
+            try:
+                pick.options = offered
+                pick.value = keep
+            finally:
+                state["quiet"] = False
+        update()
 
     pick.observe(update, names="value")
-    mode.observe(update, names="value")
+    mode.observe(new_work, names="value")
     update()
-    return W.VBox([W.HBox([pick, mode]), readout, out])
+    return W.VBox([_row(mode, pick), readout, out])

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 import padlab.batching as batching
-from padlab.batching import (BucketBatchSampler, EpochStats, TokenBudgetBatchSampler, restore_order,
-                             sorted_inference_batches)
+from padlab._validate import PadlabError
+from padlab.batching import (BucketBatchSampler, EpochStats, TokenBudgetBatchSampler, bucket_epoch_reference,
+                             restore_order, sorted_inference_batches)
 
 PROPS = settings(max_examples=60, deadline=None)
 
@@ -36,16 +37,6 @@ def as_lists(batches):
 # ------------------------------------------------------------------ reference code
 # Deliberately naive: Python loops over examples, obviously correct, independent of the
 # vectorised kernels under test.
-
-def ref_bucket_unshuffled(lengths, batch_size, mega_batch):
-    """shuffle=False: pools of consecutive indices, each sorted by (length, index), cut."""
-    n = len(lengths)
-    pool = n if not mega_batch else mega_batch * batch_size
-    order = []
-    for a in range(0, n, pool):
-        order += sorted(range(a, min(a + pool, n)), key=lambda i: (lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
-
 
 def ref_greedy(lens, T, cap, bounds):
     """Greedy token-budget cuts over ``lens`` in the given order, pools given by ``bounds``."""
@@ -184,21 +175,50 @@ def test_oversized_sequences():
 # ------------------------------------------------------------------ against references
 
 @PROPS
-@given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=120), bs=st.integers(1, 9),
-       mega=st.sampled_from([None, 1, 2, 3, 7]), general=st.booleans())
-def test_unshuffled_bucket_matches_reference(lengths, bs, mega, general):
-    with path(general):
-        s = BucketBatchSampler(lengths, bs, mega_batch=mega, shuffle=False)
-        assert as_lists(s.epoch_batches()) == ref_bucket_unshuffled(lengths, bs, mega)
-
-
-@PROPS
 @given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=120), T=st.integers(30, 200),
        mega=st.sampled_from([None, 1, 2, 5]), cap=st.sampled_from([None, 1, 3, 8]), general=st.booleans())
 def test_unshuffled_token_budget_matches_reference(lengths, T, mega, cap, general):
     with path(general):
         s = TokenBudgetBatchSampler(lengths, T, mega_batch=mega, shuffle=False, max_batch_size=cap)
         assert as_lists(s.epoch_batches()) == ref_token_unshuffled(lengths, T, mega, cap)
+
+
+def test_bucket_epoch_reference_by_hand():
+    # The definition itself, unshuffled (no random draws): the hand examples above.
+    assert bucket_epoch_reference([5, 1, 4, 2, 3, 6], 2, mega_batch=None, shuffle=False) == [[1, 3], [4, 2], [0, 5]]
+    assert bucket_epoch_reference([5, 1, 4, 2, 3, 6], 2, mega_batch=2, shuffle=False) == [[1, 3], [2, 0], [4, 5]]
+    assert bucket_epoch_reference([5, 1, 4, 2, 3], 2, mega_batch=None, shuffle=False, drop_last=True) == \
+        [[1, 3], [4, 2]]
+    # Shuffled: every example once, the batches sorted inside, another plan for another epoch.
+    lengths = list(range(40, 0, -1))
+    a, b = (bucket_epoch_reference(lengths, 4, mega_batch=2, seed=3, epoch=e) for e in (0, 1))
+    assert sorted(i for batch in a for i in batch) == list(range(40)) and a != b
+    assert all([lengths[i] for i in batch] == sorted(lengths[i] for i in batch) for batch in a)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(lengths=[[1, 2], [3]]), r"lengths must be a non-empty 1-D sequence of integers >= 1"),
+    (dict(batch_size=0), r"batch_size must be an integer >= 1; got 0"),
+    (dict(seed=-1), r"seed must be an integer >= 0; got -1"),
+    (dict(shuffle=1), r"shuffle must be True or False; got 1"),
+])
+def test_bucket_epoch_reference_bad_input(kwargs, match):
+    args = dict(lengths=[3, 1, 2], batch_size=2)
+    args.update(kwargs)
+    with pytest.raises(PadlabError, match=match):
+        bucket_epoch_reference(args.pop("lengths"), args.pop("batch_size"), **args)
+
+
+@PROPS
+@given(lengths=st.lists(st.integers(1, 60), min_size=1, max_size=150), bs=st.integers(1, 9),
+       mega=st.sampled_from([None, 0, 1, 2, 5, 50]), seed=st.integers(0, 2**31), epoch=st.integers(0, 3),
+       shuffle=st.booleans(), drop_last=st.booleans(), general=st.booleans())
+def test_bucket_sampler_equals_the_reference_epoch(lengths, bs, mega, seed, epoch, shuffle, drop_last, general):
+    # Shuffled epochs too: both fast paths draw the same random numbers as the definition.
+    with path(general):
+        s = BucketBatchSampler(lengths, bs, mega_batch=mega, seed=seed, shuffle=shuffle, drop_last=drop_last)
+        assert as_lists(s.epoch_batches(epoch)) == bucket_epoch_reference(
+            lengths, bs, mega_batch=mega, seed=seed, epoch=epoch, shuffle=shuffle, drop_last=drop_last)
 
 
 @st.composite
@@ -470,7 +490,7 @@ def test_dataloader_with_padding_collator():
     seen, real, slots = [], 0, 0
     for idx, batch in zip(sampler, loader):
         assert batch["input_ids"].shape == (len(idx), int(corpus.lengths[idx].max()))
-        assert batch["lengths"].tolist() == corpus.lengths[idx].tolist()
+        assert batch["seq_lengths"].tolist() == corpus.lengths[idx].tolist()
         assert batch["labels"].tolist() == corpus.labels[idx].tolist()
         seen += idx
         real += int(batch["attention_mask"].sum())
@@ -662,3 +682,18 @@ def test_default_max_tokens_by_hand():
     # kept lengths 10, 20, 512: mean 180.67 -> 181 x 2 = 362 < 512, the longest kept
     assert default_max_tokens(np.array([10, 20, 600]), 2, 512) == 512
     assert default_max_tokens(np.array([10, 20, 30]), 4, 512) == 80
+
+
+# Found by an outside check: ragged nesting gave numpy's "inhomogeneous shape" message, and uint64
+# lengths >= 2**63 became negative lengths that the samplers used.
+@pytest.mark.parametrize("lengths, match", [
+    ([[1, 2], [3]], r"lengths must be a non-empty 1-D sequence of integers >= 1; got \[\[1, 2\], \[3\]\]"),
+    (np.array([3, 2**63], dtype=np.uint64), r"lengths must be a non-empty 1-D sequence of integers >= 1 that fit in int64"),
+    (np.array([3, 2**64 - 1], dtype=np.uint64), r"that fit in int64"),
+    (None, r"lengths must be a non-empty 1-D sequence of integers >= 1; got None"),
+])
+def test_bad_lengths_found_outside(lengths, match):
+    with pytest.raises(PadlabError, match=match):
+        BucketBatchSampler(lengths, 2)
+    with pytest.raises(PadlabError, match=match):
+        TokenBudgetBatchSampler(lengths, 2**62)

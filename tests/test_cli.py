@@ -47,11 +47,42 @@ def test_waste_table_output(capsys):
     assert "fixed" in out and "dynamic" in out
 
 
-def test_waste_bad_batch_size_exit_code_2(capsys):
-    assert main(["waste", "--corpus", "wordnet", "--batch-size", "0"]) == 2
+@pytest.mark.parametrize("option, value, must", [
+    ("--batch-size", "0", "be an integer >= 1"),
+    ("--max-length", "-3", "be an integer >= 1"),
+    # Found by an outside check: numpy's "expected non-negative integer" named no argument.
+    ("--seed", "-1", "be an integer >= 0"),
+])
+def test_waste_bad_option_is_one_line_naming_it(capsys, option, value, must):
+    assert main(["waste", "--corpus", "wordnet", option, value]) == 2
     err = capsys.readouterr().err
-    assert "batch_size" in err and "got 0" in err
-    assert "Traceback" not in err
+    assert err == f"padlab waste: error: {option} must {must}; got {value}\n"
+
+
+@pytest.mark.parametrize("error", [RuntimeError("internal bug"), IndexError("index 9 is out of bounds"),
+                                   ValueError("a numpy ValueError, not an argument error")])
+def test_an_internal_error_is_a_bug_with_its_traceback(monkeypatch, error):
+    # Only PadlabError is an argument error; anything else escapes main() with its traceback.
+    import padlab.strategies
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(padlab.strategies, "waste_table", broken)
+    with pytest.raises(type(error), match=str(error)):
+        main(["waste", "--corpus", "wordnet"])
+
+
+def test_the_negative_control_a_padlab_error_is_caught(monkeypatch, capsys):
+    import padlab.strategies
+    from padlab._validate import fail
+
+    def refuses(*args, **kwargs):
+        raise fail("max_length", 0, "be an integer >= 1")
+
+    monkeypatch.setattr(padlab.strategies, "waste_table", refuses)
+    assert main(["waste", "--corpus", "wordnet"]) == 2
+    assert capsys.readouterr().err == "padlab waste: error: max_length must be an integer >= 1; got 0\n"
 
 
 def test_waste_unknown_corpus_is_an_argparse_error(capsys):

@@ -58,6 +58,15 @@ def test_nan_skips_formats_without_nan(capsys):
     assert "fp4-e2m1 skipped: it has no NaN encoding" in err
 
 
+def test_nan_in_formats_without_nan_only_is_an_error(capsys):
+    # Found by an outside check: this printed an empty table and exited 0.
+    rc, out, err = run(capsys, "nan", "--formats", "fp4-e2m1")
+    assert rc == 2 and out == ""
+    assert err.splitlines()[-1] == ("padlab floats: error: --formats must include a format that can store 'nan' "
+                                   "(one with a NaN encoding); got 'fp4-e2m1'")
+    assert main(["floats", "nan", "--json", "--formats", "fp4"]) == 2
+
+
 @pytest.mark.parametrize("argv,match", [
     (["abc"], "value must be a real number or a numeric string"),
     (["1", "--formats", "fp16,fp12"], "format must be one of 'fp64'"),

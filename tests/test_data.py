@@ -17,7 +17,7 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 
 def test_shipped_files_match_manifest():
     manifest = json.loads((DATA / "MANIFEST.json").read_text())
-    assert set(manifest["files"]) == {"wordnet.tsv.gz", "fortunes.tsv.gz", "tokenizer.json"}
+    assert set(manifest["files"]) == {"wordnet.tsv.gz", "fortunes.tsv.gz", "wordnet_lemmas.tsv.gz", "tokenizer.json"}
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((DATA / name).read_bytes()).hexdigest() == digest, name
 

@@ -8,7 +8,6 @@ A negative control shows what an unequal step count does: the extra collective t
 from __future__ import annotations
 
 import json
-import socket
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -26,12 +25,6 @@ WORLD = 2
 # 203 lengths, batch size 7: 29 batches, odd, so the remainder policy has work to do.
 LENGTHS = np.random.default_rng(0).integers(1, 120, 203).tolist()
 CASES = [("bucket", "pad"), ("bucket", "drop"), ("token", "pad"), ("token", "drop")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _make(kind: str, remainder: str, **world):
@@ -80,9 +73,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_samplers_under_real_gloo(tmp_path):
-    ctx = mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False)
+def test_samplers_under_real_gloo(tmp_path, free_port):
+    ctx = mp.spawn(_worker, args=(free_port, str(tmp_path)), nprocs=WORLD, join=False)
     deadline = time.monotonic() + 90
     try:
         while not ctx.join(timeout=1):

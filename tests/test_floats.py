@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from padlab import floats as F
+from padlab._validate import PadlabError
 from padlab.floats import (FORMATS, FloatBits, all_values, decode, decompose, decompose_many, describe,
                            encode, format_table, from_bits, get_format, next_down, next_up, range_fractions,
                            round_to, ulp, underflow_fraction)
@@ -517,6 +518,8 @@ def test_rounding_properties(x, y, name):
 def test_range_fractions_by_hand():
     x = np.array([0, 1e-9, 1e-6, 1.0, 1e5, np.inf, np.nan, -3e-8])
     want16 = {"zero": 1, "underflow": 1, "subnormal": 2, "normal": 1, "overflow": 1, "nonfinite": 2}
+    f = range_fractions(x, "fp16")
+    assert isinstance(f, F.RangeFractions) and f.underflow == f["underflow"] == want16["underflow"] / 8
     assert range_fractions(x, "fp16") == {k: v / 8 for k, v in want16.items()}
     want_bf = {"zero": 1, "underflow": 0, "subnormal": 0, "normal": 5, "overflow": 0, "nonfinite": 2}
     assert range_fractions(x, "bf16") == {k: v / 8 for k, v in want_bf.items()}
@@ -650,6 +653,22 @@ def test_other_bad_inputs():
         decode([256], "fp8-e5m2")
     with pytest.raises(ValueError, match=r"patterns must be integers"):
         decode([1.5], "fp8-e5m2")
+
+
+# Found by an outside check: None meant fp64 (np.dtype(None) is float64), and a single name was
+# read letter by letter.
+@pytest.mark.parametrize("call", [lambda: get_format(None), lambda: round_to(0.1, None),
+                                  lambda: decompose(0.1, None), lambda: ulp(1.0, None)])
+def test_none_is_not_a_format(call):
+    with pytest.raises(PadlabError, match=r"format must be one of 'fp64', .*; got None"):
+        call()
+
+
+@pytest.mark.parametrize("bad", ["fp16", 5, FORMATS["fp16"]])
+def test_format_table_wants_a_list(bad):
+    with pytest.raises(PadlabError, match=r"formats must be a list of format names \(such as \['fp16'\]\) or None; got"):
+        format_table(bad)
+    assert [r["format"] for r in format_table(["fp16"])] == ["fp16"]
 
 
 def test_module_exports():

@@ -11,31 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from padlab.packing import (PackedCollator, PackedDataset, PackResult, first_fit_decreasing, pack,
-                            shortest_pack_first_histogram)
+from padlab._validate import PadlabError
+from padlab.packing import (PackedCollator, PackedDataset, PackResult, first_fit_decreasing,
+                            first_fit_decreasing_reference, pack, shortest_pack_first_histogram)
 
 FAST = settings(max_examples=60, deadline=None)
 
 
 # ---------------------------------------------------------------------------------------------
-# Obviously-correct references: one sequence at a time, O(n^2)
+# Obviously-correct references: one sequence at a time, O(n^2). FFD's lives in the package
+# (packing.first_fit_decreasing_reference, checked by hand below); SPFHP's is here.
 # ---------------------------------------------------------------------------------------------
-
-def naive_ffd(lengths, capacity, limit=None):
-    """Textbook FFD: decreasing length (ties in index order), first pack with room."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    packs, room = [], []
-    for i in order:
-        for p in range(len(packs)):
-            if room[p] >= lengths[i] and (limit is None or len(packs[p]) < limit):
-                packs[p].append(i)
-                room[p] -= lengths[i]
-                break
-        else:
-            packs.append([i])
-            room.append(capacity - lengths[i])
-    return packs
-
 
 def naive_spf(lengths, capacity):
     """SPFHP as the paper describes it, one sequence at a time: longest first, each into the open
@@ -69,6 +55,24 @@ def test_ffd_hand_example():
     assert as_lists(r) == [[0, 5], [1, 4], [2, 3]]
     assert r.n_packs == 3 and r.efficiency == 1.0 and r.truncated_tokens == 0
     assert r.pack_tokens.tolist() == [7, 7, 7]
+
+
+def test_ffd_reference_by_hand():
+    # The definition itself, on the hand examples above and below.
+    assert first_fit_decreasing_reference([6, 5, 4, 3, 2, 1], 7) == [[0, 5], [1, 4], [2, 3]]
+    assert first_fit_decreasing_reference([3, 3, 3, 3], 10) == [[0, 1, 2], [3]]
+    assert first_fit_decreasing_reference([3, 3, 3, 3], 10, max_per_pack=2) == [[0, 1], [2, 3]]
+    assert first_fit_decreasing_reference([7, 5, 2], 10) == [[0, 2], [1]]
+
+
+@pytest.mark.parametrize("args, match", [
+    (([3, 9], 8), r"lengths must be at most capacity=8 each; got \[3, 9\]"),
+    (([[1, 2], [3]], 8), r"lengths must be a non-empty 1-D sequence of integers >= 1"),
+    (([3], 0), r"capacity must be an integer >= 1; got 0"),
+])
+def test_ffd_reference_bad_input(args, match):
+    with pytest.raises(PadlabError, match=match):
+        first_fit_decreasing_reference(*args)
 
 
 def test_ffd_ties_and_max_per_pack_by_hand():
@@ -115,11 +119,11 @@ def test_spfhp_fills_new_packs_like_one_at_a_time():
 
 
 def test_truncation_counts_lost_tokens():
-    r = pack([3, 12, 5], 10, truncate=True)
+    r = pack([3, 12, 5], 10, truncation=True)
     assert r.truncated_tokens == 2
     assert r.lengths.tolist() == [3, 10, 5]
     assert sorted(r.pack_tokens.tolist()) == [8, 10]
-    r = pack(np.array([11, 25, 4], dtype=np.uint16), 10, algorithm="spfhp", truncate=True).validate()
+    r = pack(np.array([11, 25, 4], dtype=np.uint16), 10, algorithm="spfhp", truncation=True).validate()
     assert r.truncated_tokens == 1 + 15
     with pytest.raises(ValueError, match=r"lengths\[1\] must be at most capacity=10 .*; got 12"):
         pack([3, 12, 5], 10)
@@ -131,7 +135,7 @@ def test_real_corpora_efficiency_at_512():
     for name in ("wordnet", "fortunes"):
         lengths = load_corpus(name).lengths
         for algorithm in ("ffd", "spfhp"):
-            r = pack(lengths, 512, algorithm=algorithm, truncate=True).validate()
+            r = pack(lengths, 512, algorithm=algorithm, truncation=True).validate()
             assert r.efficiency >= 0.995, (name, algorithm, r.efficiency)
 
 
@@ -164,10 +168,10 @@ def test_full_assignment(inp, algorithm):
 
 @FAST
 @given(packing_inputs())
-def test_ffd_equals_naive_reference(inp):
+def test_ffd_equals_the_reference(inp):
     lengths, capacity, limit = inp
     assert as_lists(first_fit_decreasing(lengths, capacity, max_per_pack=limit)) == \
-        naive_ffd(lengths, capacity, limit)
+        first_fit_decreasing_reference(lengths, capacity, max_per_pack=limit)
 
 
 @FAST
@@ -183,8 +187,8 @@ def test_ffd_equals_reference_on_real_lengths():
     from padlab.data import load_corpus
 
     lengths = load_corpus("fortunes").subset(600, seed=1).lengths
-    r = pack(lengths, 256, truncate=True)
-    assert as_lists(r) == naive_ffd(np.minimum(lengths, 256).tolist(), 256)
+    r = pack(lengths, 256, truncation=True)
+    assert as_lists(r) == first_fit_decreasing_reference(np.minimum(lengths, 256), 256)
 
 
 @FAST
@@ -232,17 +236,17 @@ def test_validate_passes_a_good_hand_assignment():
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(lengths=[[1, 2]]), r"lengths must be a non-empty 1-D array of integers >= 1"),
-    (dict(lengths=[]), r"lengths must be a non-empty 1-D array"),
-    (dict(lengths=[1.5, 2.0]), r"lengths must be a non-empty 1-D array of integers"),
-    (dict(lengths=[True, False]), r"lengths must be a non-empty 1-D array of integers"),
+    (dict(lengths=[[1, 2]]), r"lengths must be a non-empty 1-D sequence of integers >= 1"),
+    (dict(lengths=[]), r"lengths must be a non-empty 1-D sequence"),
+    (dict(lengths=[1.5, 2.0]), r"lengths must be a non-empty 1-D sequence of integers"),
+    (dict(lengths=[True, False]), r"lengths must be a non-empty 1-D sequence of integers"),
     (dict(lengths=[3, 0, 2]), r"lengths must be .* >= 1; got \[3, 0, 2\]"),
     (dict(lengths=[3, -1, 2]), r"lengths must be .* >= 1; got \[3, -1, 2\]"),
     (dict(capacity=0), r"capacity must be an integer >= 1; got 0"),
     (dict(capacity=8.0), r"capacity must be an integer >= 1; got 8.0"),
     (dict(algorithm="bfd"), r"algorithm must be one of 'ffd', 'spfhp'; got 'bfd'"),
     (dict(max_per_pack=0), r"max_per_pack must be an integer >= 1; got 0"),
-    (dict(truncate="yes"), r"truncate must be True or False; got 'yes'"),
+    (dict(truncation="yes"), r"truncation must be True or False; got 'yes'"),
     (dict(lengths=[3, 9]), r"lengths\[1\] must be at most capacity=8"),
 ])
 def test_bad_pack_arguments(kwargs, match):
@@ -294,7 +298,7 @@ def test_collator_exact_tensors():
 
 def test_collator_token_labels_and_plain_lists():
     packs = [[{"input_ids": [5, 6, 7], "labels": [1, 2, 3]}, {"input_ids": [8, 9], "labels": [4, -100]}]]
-    b = PackedCollator(7, label_pad_id=-1)(packs)
+    b = PackedCollator(7, ignore_index=-1)(packs)
     assert b["labels"].tolist() == [[1, 2, 3, 4, -100, -1, -1]]
     b = PackedCollator(4, pad_id=9, return_block_mask=False)([[[5, 6], [7]], [np.array([1, 2, 3, 4])]])
     assert b["input_ids"].tolist() == [[5, 6, 7, 9], [1, 2, 3, 4]]
@@ -424,7 +428,7 @@ def test_bad_collator_input(packs, match):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(capacity=0), r"capacity must be an integer >= 1; got 0"),
     (dict(capacity=4, pad_id=-1), r"pad_id must be an integer >= 0; got -1"),
-    (dict(capacity=4, label_pad_id=1.5), r"label_pad_id must be an integer; got 1.5"),
+    (dict(capacity=4, ignore_index=1.5), r"ignore_index must be an integer; got 1.5"),
     (dict(capacity=4, return_block_mask="yes"), r"return_block_mask must be True or False; got 'yes'"),
     (dict(capacity=4, truncation=1), r"truncation must be True or False; got 1"),
 ])
@@ -506,3 +510,25 @@ def test_class_order_is_a_stable_sort_in_every_path():
             lengths = values[rng.integers(0, 100, n)]
             values = np.unique(lengths)
         assert np.array_equal(_class_order(lengths, values), np.argsort(lengths, kind="stable")), (n, high)
+
+
+# Found by an outside check: None gave "'NoneType' object is not iterable", ragged lengths numpy's
+# "inhomogeneous shape", uint64 lengths >= 2**63 wrapped to negatives.
+@pytest.mark.parametrize("call, match", [
+    (lambda: PackedCollator(8)(None), r"packs must be a list of packs \(each a list of examples\); got None"),
+    (lambda: PackedCollator(8)([None]), r"packs\[0\] must be a list of examples; got None"),
+    (lambda: PackedCollator(8)([[None]]), r"packs\[0\]\[0\] must be a 1-D sequence of integer token ids >= 0; got None"),
+    (lambda: pack([[1, 2], [3]], 8), r"lengths must be a non-empty 1-D sequence of integers >= 1; got \[\[1, 2\], \[3\]\]"),
+    (lambda: pack(np.array([3, 2**63], dtype=np.uint64), 8, truncation=True),
+     r"lengths must be a non-empty 1-D sequence of integers >= 1 that fit in int64"),
+    (lambda: pack(None, 8), r"lengths must be a non-empty 1-D sequence of integers >= 1; got None"),
+])
+def test_bad_input_found_outside(call, match):
+    with pytest.raises(PadlabError, match=match):
+        call()
+
+
+def test_max_seqlen_is_the_one_int_and_everything_else_a_tensor():
+    b = PackedCollator(7)(TINY)
+    assert type(b["max_seqlen"]) is int and b["max_seqlen"] == 4
+    assert all(isinstance(v, torch.Tensor) for k, v in b.items() if k != "max_seqlen")

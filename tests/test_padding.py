@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from padlab._validate import PadlabError
 from padlab.data import load_corpus
 from padlab.padding import PaddingCollator, pad_batch, pad_labels
 
@@ -32,9 +33,9 @@ def test_right_padding_longest():
     eq(b["input_ids"], [[5, 6, 7, 0, 0], [8, 0, 0, 0, 0], [9, 10, 11, 12, 13]])
     eq(b["attention_mask"], [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
     eq(b["position_ids"], [[0, 1, 2, 0, 0], [0, 0, 0, 0, 0], [0, 1, 2, 3, 4]])
-    eq(b["lengths"], [3, 1, 5])
+    eq(b["seq_lengths"], [3, 1, 5])
     eq(b["truncated_tokens"], T(0))
-    assert set(b) == {"input_ids", "attention_mask", "position_ids", "lengths", "truncated_tokens"}
+    assert set(b) == {"input_ids", "attention_mask", "position_ids", "seq_lengths", "truncated_tokens"}
 
 
 def test_left_padding_longest_positions_start_at_first_real_token():
@@ -62,7 +63,7 @@ def test_fixed_padding_max_length():
 def test_truncation_right_and_left():
     b = pad_batch(SEQS, max_length=3)
     eq(b["input_ids"], [[5, 6, 7], [8, 0, 0], [9, 10, 11]])
-    eq(b["lengths"], [3, 1, 3])
+    eq(b["seq_lengths"], [3, 1, 3])
     eq(b["truncated_tokens"], T(2))
     b = pad_batch(SEQS, max_length=3, truncation_side="left")
     eq(b["input_ids"], [[5, 6, 7], [8, 0, 0], [11, 12, 13]])
@@ -85,7 +86,7 @@ def test_longest_with_max_length_only_truncates():
 
 def test_no_truncation_with_longest_ignores_max_length():
     b = pad_batch(SEQS, max_length=2, truncation=False)
-    eq(b["lengths"], [3, 1, 5])
+    eq(b["seq_lengths"], [3, 1, 5])
     assert b["input_ids"].shape == (3, 5)
 
 
@@ -164,7 +165,7 @@ def test_collator_token_labels_truncated_with_ids_and_padded():
     eq(b["input_ids"], [[6, 7, 8], [0, 0, 9]])
     eq(b["labels"], [[2, 3, 4], [-100, -100, 7]])
     eq(b["truncated_tokens"], T(1))
-    b = PaddingCollator(padding="max_length", max_length=4, pad_to_multiple_of=3, label_pad_id=-1)(ex)
+    b = PaddingCollator(padding="max_length", max_length=4, pad_to_multiple_of=3, ignore_index=-1)(ex)
     eq(b["input_ids"], [[5, 6, 7, 8, 0, 0], [9, 0, 0, 0, 0, 0]])
     eq(b["labels"], [[1, 2, 3, 4, -1, -1], [7, -1, -1, -1, -1, -1]])
 
@@ -183,7 +184,7 @@ def test_dataloader_over_wordnet_subset():
         idx = range(8 * k, 8 * k + 8)
         lens = corpus.lengths[list(idx)]
         assert batch["input_ids"].shape == (8, lens.max())
-        eq(batch["lengths"], torch.from_numpy(lens.astype(np.int64)))
+        eq(batch["seq_lengths"], torch.from_numpy(lens.astype(np.int64)))
         eq(batch["labels"], torch.from_numpy(corpus.labels[list(idx)].copy()))
         for row, i in enumerate(idx):
             real = batch["input_ids"][row][batch["attention_mask"][row].bool()]
@@ -254,8 +255,8 @@ def test_property_matches_reference_and_nothing_lost(seqs, opts, use_max):
     for r, s in enumerate(kept):
         assert b["input_ids"][r][am[r]].tolist() == s
         assert b["position_ids"][r][am[r]].tolist() == list(range(len(s)))
-    eq(b["attention_mask"].sum(1), b["lengths"])
-    eq(b["lengths"], T([len(s) for s in kept]))
+    eq(b["attention_mask"].sum(1), b["seq_lengths"])
+    eq(b["seq_lengths"], T([len(s) for s in kept]))
     eq(b["truncated_tokens"], T(sum(map(len, seqs)) - sum(map(len, kept))))
 
 
@@ -265,10 +266,10 @@ def test_property_same_width_and_tokens_for_both_sides(seqs, mult):
     r = pad_batch(seqs, pad_to_multiple_of=mult)
     left = pad_batch(seqs, pad_to_multiple_of=mult, padding_side="left")
     assert r["input_ids"].shape == left["input_ids"].shape
-    eq(r["lengths"], left["lengths"])
+    eq(r["seq_lengths"], left["seq_lengths"])
     # Each left row is its right row rotated by the pad count.
     for i in range(len(seqs)):
-        pad = r["input_ids"].shape[1] - int(r["lengths"][i])
+        pad = r["input_ids"].shape[1] - int(r["seq_lengths"][i])
         eq(left["input_ids"][i], torch.roll(r["input_ids"][i], pad))
         eq(left["attention_mask"][i], torch.roll(r["attention_mask"][i], pad))
 
@@ -425,5 +426,27 @@ def test_error_collator_empty_batch():
 def test_error_collator_bad_options_fail_at_construction():
     with pytest.raises(ValueError, match=r'max_length must be given when padding="max_length"'):
         PaddingCollator(padding="max_length")
-    with pytest.raises(ValueError, match=r"label_pad_id must be an integer; got 0.5"):
-        PaddingCollator(label_pad_id=0.5)
+    with pytest.raises(ValueError, match=r"ignore_index must be an integer; got 0.5"):
+        PaddingCollator(ignore_index=0.5)
+
+
+# Found by an outside check: None where a list belongs gave "'NoneType' object is not iterable".
+@pytest.mark.parametrize("call, match", [
+    (lambda: pad_batch(None), r"sequences must be a list of sequences; got None"),
+    (lambda: PaddingCollator()(None), r"examples must be a list of examples; got None"),
+    (lambda: pad_labels(None, 4), r"labels must be a list of sequences; got None"),
+    (lambda: pad_batch([[1, 2], None]), r"sequences\[1\] must be a 1-D sequence of integer token ids >= 0; got None"),
+    (lambda: pad_batch(5), r"sequences must be a list of sequences; got 5"),
+])
+def test_error_none_instead_of_a_list(call, match):
+    with pytest.raises(PadlabError, match=match):
+        call()
+
+
+def test_every_collated_value_is_a_tensor():
+    # So {k: v.to(device) for k, v in batch.items()} works on every value.
+    b = PaddingCollator()([{"input_ids": [1, 2], "labels": 1, "weight": 0.5}, {"input_ids": [3], "labels": 0,
+                                                                              "weight": 2.0}])
+    assert set(b) == {"input_ids", "attention_mask", "position_ids", "seq_lengths", "truncated_tokens",
+                      "labels", "weight"}
+    assert all(isinstance(v, torch.Tensor) for v in b.values())

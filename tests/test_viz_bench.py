@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from padlab import bench, viz, widgets  # noqa: E402
@@ -31,8 +32,9 @@ TUNE = bench.load_result("tune")
 
 
 def test_bench_summary_and_speedup_bars_on_the_shipped_result():
-    fig = viz.bench_summary(TOKENS)
+    fig = viz.bench_summary(TOKENS["rows"], device=TOKENS["device"])
     assert isinstance(fig, Figure) and len(fig.axes) == 3
+    assert TOKENS["device"] in fig.axes[0].get_title()
     sp = bench.speedups(TOKENS, precision="bf16-amp")
     fig = viz.speedup_bars(sp, highlight="packed-varlen*/bf16-amp")
     ax = fig.axes[0]
@@ -44,6 +46,31 @@ def test_bench_summary_and_speedup_bars_on_the_shipped_result():
     # the highlighted bar, and only it, has a black edge
     edges = [tuple(b.get_edgecolor()) for b in _bars(ax)]
     assert edges.count((0.0, 0.0, 0.0, 1.0)) == 1
+
+
+def _row(strategy, precision, speedup, compiled=False):
+    return {"strategy": strategy, "precision": precision, "compiled": compiled, "real_tokens_per_s": 1000.0,
+            "padded_fraction": 0.5, "peak_memory_bytes": 2**30, "speedup_vs_fixed_fp32": speedup}
+
+
+def test_bench_speedup_bars_draw_the_rows_speedups_as_given():
+    # Bar heights are the rows' own speedup_vs_fixed_fp32 (real_tokens_per_s is the same in every row:
+    # a plot that divided throughputs would draw 1.0 everywhere). The compiled row is left out.
+    rows = [_row("fixed", "fp32", 1.0), _row("fixed", "bf16-amp", 3.0), _row("packed", "fp32", 8.0),
+            _row("packed", "bf16-amp", 40.0), _row("packed", "bf16-amp", 99.0, compiled=True)]
+    before = copy.deepcopy(rows)
+    fig = viz.bench_speedup_bars(rows)
+    ax = fig.axes[0]
+    assert [b.get_height() for b in _bars(ax)] == pytest.approx([1.0, 8.0, 3.0, 40.0])   # fp32 bars, then bf16
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["fixed", "packed"]
+    assert ax.get_yscale() == "log" and rows == before
+    colours = {b.get_label(): to_hex(b.patches[0].get_facecolor()) for b in ax.containers}
+    assert colours == {"fp32": viz.POLICY_COLOURS["fp32"], "bf16-amp": viz.POLICY_COLOURS["bf16-amp"]}
+
+
+def test_bench_speedup_bars_without_a_baseline_say_so():
+    fig = viz.bench_speedup_bars([_row("packed", "bf16-amp", None)])
+    assert not _bars(fig.axes[0]) and "no fixed/fp32 row" in fig.axes[0].texts[0].get_text()
 
 
 def test_loss_curves_per_example_plots_what_it_is_given():
@@ -100,6 +127,11 @@ def test_throughput_vs_budget():
     (lambda: viz.anomaly_cold_warm([]), "rows must hold"),
     (lambda: viz.profile_families({}), "fractions must hold"),
     (lambda: viz.throughput_vs_budget([]), "rows must hold"),
+    (lambda: viz.bench_summary(TOKENS), "rows must be a non-empty list of benchmark rows"),
+    (lambda: viz.bench_speedup_bars([]), "rows must be a non-empty list"),
+    (lambda: viz.bench_speedup_bars([{"strategy": "fixed", "precision": "fp32", "real_tokens_per_s": 1.0,
+                                      "padded_fraction": 0.0}]),
+     r"rows\[0\] must carry speedup_vs_fixed_fp32"),
 ])
 def test_viz_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
@@ -108,30 +140,60 @@ def test_viz_bad_input(call, match):
 
 # --- the widget -------------------------------------------------------------------------------------
 
+BENCH = {
+    ("tokens", "bf16-amp"): "equal tokens (~16k slots a step), bf16-amp: best packed-varlen*/bf16-amp 480,247 real "
+                            "tokens/s (66.0x fixed/fp32), MFU 32.5%, padded 0.0%",
+    ("sequences", "fp32"): "equal sequences (32 a step), fp32: best token-budget/fp32 57,796 real tokens/s "
+                           "(7.9x fixed/fp32), MFU 4.1%, padded 0.5%",
+    ("tokens", "tf32"): "equal tokens (~16k slots a step), tf32: best token-budget/tf32 251,324 real tokens/s "
+                        "(34.5x fixed/fp32), MFU 16.5%, padded 4.4%",
+}
+
+
+def test_bench_readouts_match_the_shipped_json_by_hand():
+    # The best bf16-amp row of the equal-tokens run is the compiled packed-varlen one: 480,247 tokens/s,
+    # and the uncompiled fixed/fp32 row runs 7,279 tokens/s: 480,247 / 7,279 = 66.0.
+    best = max((r for r in TOKENS["rows"] if r["precision"] == "bf16-amp"), key=lambda r: r["real_tokens_per_s"])
+    base = next(r for r in TOKENS["rows"] if (r["strategy"], r["precision"], r["compiled"]) == ("fixed", "fp32", False))
+    assert (best["strategy"], best["compiled"]) == ("packed-varlen", True)
+    ratio = best["real_tokens_per_s"] / base["real_tokens_per_s"]
+    assert f"{best['real_tokens_per_s']:,.0f} real tokens/s ({ratio:.1f}x" in BENCH["tokens", "bf16-amp"]
+
+
 def test_bench_widget_readout_follows_the_controls():
     w = widgets.bench_widget()
-    (pick, mode), readout, image = w.children[0].children, w.children[1], w.children[2]
+    (mode, pick), readout, image = w.children[0].children, w.children[1], w.children[2]
     assert pick.description == "precision" and mode.description == "work"
     assert "padlab-readout" in readout._dom_classes
-    best = bench.best_row(TOKENS, precision="bf16-amp")
-    assert f"{best['real_tokens_per_s']:,.0f} real tokens/s" in readout.value
-    assert f"MFU {best['mfu']:.1%}" in readout.value
-    assert readout.value == widgets.READOUTS["bench_widget"]({"precision": pick.value, "work": mode.value})
+    assert list(pick.options) == ["fp32", "tf32", "fp16-amp", "bf16-amp"]
+    assert readout.value == BENCH["tokens", "bf16-amp"]
     assert image.value[:4] == b"\x89PNG"
+    pick.value = "tf32"
+    assert readout.value == BENCH["tokens", "tf32"]
+    png = image.value
     mode.value = widgets.WORK_LABELS["sequences"]
-    pick.value = "fp32"
-    seq_best = bench.best_row(bench.result_for_work("sequences"), precision="fp32")
-    assert f"{seq_best['real_tokens_per_s']:,.0f} real tokens/s" in readout.value
-    assert readout.value == widgets.READOUTS["bench_widget"]({"precision": "fp32", "work": mode.value})
+    # The equal-sequences run measured fp32 and bf16-amp only: tf32 is no longer offered, the first is chosen.
+    assert list(pick.options) == ["fp32", "bf16-amp"] and pick.value == "fp32"
+    assert readout.value == BENCH["sequences", "fp32"]
+    assert image.value != png and image.value[:4] == b"\x89PNG"
+    pick.value = "bf16-amp"
+    mode.value = widgets.WORK_LABELS["tokens"]
+    assert pick.value == "bf16-amp" and len(pick.options) == 4 and readout.value == BENCH["tokens", "bf16-amp"]
 
 
-def test_bench_widget_precision_missing_from_a_run():
-    w = widgets.bench_widget("tf32", "sequences")
-    assert "no tf32 rows" in w.children[1].value
-    assert w.children[2].value == b""
+def test_bench_widget_offers_only_measured_precisions():
+    assert widgets.bench_precisions("tokens") == ["fp32", "tf32", "fp16-amp", "bf16-amp"]
+    assert widgets.bench_precisions(widgets.WORK_LABELS["sequences"]) == ["fp32", "bf16-amp"]
+    # Every offered choice draws a picture (none leaves the image empty or broken).
+    for work in widgets.WORK_LABELS:
+        for p in widgets.bench_precisions(work):
+            w = widgets.bench_widget(p, work)
+            assert w.children[2].value[:4] == b"\x89PNG" and "no " not in w.children[1].value
 
 
 @pytest.mark.parametrize("kwargs, match", [({"precision": "fp8"}, "precision must be one of"),
+                                           ({"precision": "tf32", "work": "sequences"},
+                                            "precision must be one of 'fp32', 'bf16-amp'; got 'tf32'"),
                                            ({"work": "steps"}, "work must be one of")])
 def test_bench_widget_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):

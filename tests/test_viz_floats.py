@@ -1,11 +1,13 @@
 """Chapter 05 figures (padlab.viz) and the Float Toy widget (padlab.widgets).
 
-Expected bits and values are derived by hand in the comments; the widget's readout is checked
-against ``widgets.READOUTS`` (what a browser test recomputes from the page's controls).
+Expected bits and values are derived by hand in the comments; the widget's readouts are written
+out (:data:`TOY`), never recomputed by ``widgets.READOUTS`` or :func:`padlab.floats.decompose`.
 """
 from __future__ import annotations
 
 import copy
+import html
+import re
 from unittest import mock
 
 import matplotlib
@@ -175,10 +177,45 @@ def _bits(buttons):
     return "".join(b.description for b in buttons)
 
 
-def _check_contract(w):
-    """The readout is what READOUTS computes from the controls a browser sees."""
+def _text(readout_html: str) -> str:
+    """The readout as a browser shows it: tags dropped, lines joined with " | "."""
+    return html.unescape(re.sub(r"<(?!br>)[^>]+>", "", readout_html).replace("<br>", " | "))
+
+
+#: The Float Toy's readout, by hand, for (format, text in the value box).
+TOY = {
+    ("fp16", "0.1"): "fp16 0 01011 1001100110 = 0x2e66 (normal) | value 0.1 → stored 0.0999755859375 | "
+                     "+2^-4 × 1.1001100110b (biased exponent 11, significand 1.599609375) | "
+                     "absolute error 2.44e-05, relative error 0.000244; spacing here (ULP) 6.1e-05 | "
+                     "neighbours: next down 0.09991455078125, next up 0.10003662109375",
+    ("fp16", "1.0009765625"): "fp16 0 01111 0000000001 = 0x3c01 (normal) | value 1.0009765625 → stored 1.0009765625 | "
+                              "+2^0 × 1.0000000001b (biased exponent 15, significand 1.0009765625) | "
+                              "absolute error 0, relative error 0; spacing here (ULP) 0.000977 | "
+                              "neighbours: next down 1.0, next up 1.001953125",
+    ("fp16", "-65504.0"): "fp16 1 11110 1111111111 = 0xfbff (normal) | value -65504.0 → stored -65504.0 | "
+                          "-2^15 × 1.1111111111b (biased exponent 30, significand 1.9990234375) | "
+                          "absolute error 0, relative error 0; spacing here (ULP) 32 | "
+                          "neighbours: next down -inf, next up -65472.0",
+    ("fp4-e2m1", "-2.5"): "fp4-e2m1 1 10 0 = 0xc (normal) | value -2.5 → stored -2.0 | "
+                          "-2^1 × 1.0b (biased exponent 2, significand 1.0) | "
+                          "absolute error 0.5, relative error 0.2; spacing here (ULP) 1 | "
+                          "neighbours: next down -3.0, next up -1.5",
+    ("fp4-e2m1", "6"): "fp4-e2m1 0 11 1 = 0x7 (normal) | value 6 → stored 6.0 | "
+                       "+2^2 × 1.1b (biased exponent 3, significand 1.5) | "
+                       "absolute error 0, relative error 0; spacing here (ULP) 2 | "
+                       "neighbours: next down 4.0, next up nan",
+    ("bf16", "0x1ffff"): "bits must fit in 16 bits for bf16 (0 <= pattern < 65536); got '0x1ffff'",
+}
+
+
+def _check_readout(w):
+    """The readout is the hand-written text for the controls a browser sees (format, value box)."""
     pick, box, *_, readout, _img = _parts(w)
-    assert readout.value == widgets.READOUTS["float_toy_widget"]({"format": pick.value, "value": box.value})
+    assert _text(readout.value) == TOY[pick.value, box.value]
+
+
+def test_float_toy_readout_entry_reads_page_values():
+    assert _text(widgets.READOUTS["float_toy_widget"]({"format": "fp16", "value": "0.1"})) == TOY["fp16", "0.1"]
 
 
 def test_float_toy_defaults_show_point_one_in_fp16():
@@ -197,7 +234,7 @@ def test_float_toy_defaults_show_point_one_in_fp16():
     assert "relative error 0.000244" in text
     assert "next down 0.09991455078125, next up 0.10003662109375" in text
     assert image.value[:8] == b"\x89PNG\r\n\x1a\n"
-    _check_contract(w)
+    _check_readout(w)
 
 
 def test_float_toy_buttons_step_and_flip_bits():
@@ -208,7 +245,7 @@ def test_float_toy_buttons_step_and_flip_bits():
     up.click()                                           # 1 + 2**-10
     assert box.value == "1.0009765625" and _bits(buttons) == "0011110000000001"
     assert image.value != png
-    _check_contract(w)
+    _check_readout(w)
     down.click()
     down.click()                                         # below 1 the spacing halves: 1 - 2**-11
     assert box.value == "0.99951171875" and _bits(buttons) == "0011101111111111"
@@ -217,7 +254,7 @@ def test_float_toy_buttons_step_and_flip_bits():
     buttons[1].click()                                   # top exponent bit: 2**16 times larger
     assert box.value == "-65504.0" and _bits(buttons) == "1111101111111111"
     assert "relative error 0;" in readout.value          # a stored value has no error
-    _check_contract(w)
+    _check_readout(w)
 
 
 def test_float_toy_switching_format_rebuilds_the_bits():
@@ -230,7 +267,7 @@ def test_float_toy_switching_format_rebuilds_the_bits():
     pick.value = "fp4-e2m1"
     # fp4 holds 2 and 3 but not 2.5: a tie, to the even mantissa: -2 = -1.0 * 2**(2 - 1).
     assert _bits(_parts(w)[4]) == "1" + "10" + "0" and box.value == "-2.5"
-    _check_contract(w)
+    _check_readout(w)
 
 
 def test_float_toy_nan_payload_and_edges():
@@ -252,7 +289,7 @@ def test_float_toy_nan_payload_and_edges():
     pick.value = "fp4-e2m1"
     box.value = "6"
     assert up.disabled and _bits(_parts(w)[4]) == "0111"
-    _check_contract(w)
+    _check_readout(w)
 
 
 def test_float_toy_bad_text_reports_and_keeps_the_bits():
@@ -264,7 +301,7 @@ def test_float_toy_bad_text_reports_and_keeps_the_bits():
     assert _bits(buttons) == before
     box.value = "0x1ffff"
     assert "bits must fit in 16 bits for bf16" in readout.value
-    _check_contract(w)
+    _check_readout(w)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -287,14 +324,23 @@ _TOY = {}
 @given(st.sampled_from(["fp32", "tf32", "fp16", "bf16", "fp8-e4m3fn", "fp8-e5m2", "fp4-e2m1"]), st.data())
 def test_float_toy_bit_patterns_survive_the_text_box(fmt, data):
     # Any pattern typed as hex shows its bits; stepping up then down (away from zeros, NaN and the
-    # ends of the range) returns to it, through text the box holds; the readout obeys the contract.
+    # ends of the range) returns to it, through text the box holds; the readout shows the buttons' bits.
     n = floats.get_format(fmt).total_bits
     pattern = data.draw(st.integers(0, 2 ** n - 1))
     w = _TOY.setdefault("w", widgets.float_toy_widget())
     pick, box, down, up, *_ = _parts(w)
-    with mock.patch.object(widgets, "_show_png", lambda image, fig: None), \
+    with mock.patch.object(widgets, "show_png", lambda image, fig: None), \
             mock.patch.object(viz, "float_bits", lambda bits: None):   # the picture is tested above
         _round_trip(w, fmt, n, pattern)
+
+
+def _check_bits_in_readout(w):
+    """The readout's first line shows the bits the buttons show, split into fields, and their hex."""
+    pick, box, down, up, buttons, readout, _ = _parts(w)
+    bits, e = _bits(buttons), floats.get_format(pick.value).exponent_bits
+    m = re.match(r"(\S+) (\d) (\d+) (\d+) = 0x([0-9a-f]+) \(", _text(readout.value))
+    assert m, readout.value
+    assert m.groups()[:4] == (pick.value, bits[0], bits[1:1 + e], bits[1 + e:]) and int(m[5], 16) == int(bits, 2)
 
 
 def _round_trip(w, fmt, n, pattern):
@@ -311,10 +357,10 @@ def _round_trip(w, fmt, n, pattern):
         assert ("does not keep bit for bit" in w.children[2].value) == (shown != format(pattern, f"0{n}b"))
     else:
         assert shown == format(pattern, f"0{n}b")
-    _check_contract(w)
+    _check_bits_in_readout(w)
     if np.isfinite(value) and value != 0 and not up.disabled:
         up.click()
         down.click()
         assert _bits(_parts(w)[4]) == format(pattern, f"0{n}b")
         assert widgets.float_toy_state(box.value, fmt).relative_error == 0.0   # the box holds it exactly
-        _check_contract(w)
+        _check_bits_in_readout(w)

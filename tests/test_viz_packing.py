@@ -185,7 +185,7 @@ def _controls(w):
 
 def _readout_by_hand(corpus, capacity, algorithm, max_per_pack=None):
     lengths = load_corpus(corpus).lengths
-    r = pack(lengths, capacity, algorithm=algorithm, max_per_pack=max_per_pack, truncate=True)
+    r = pack(lengths, capacity, algorithm=algorithm, max_per_pack=max_per_pack, truncation=True)
     cut = int(np.maximum(lengths - capacity, 0).sum())              # independent of PackResult
     eff = np.minimum(lengths, capacity).sum() / (r.n_packs * capacity)
     limit = "" if max_per_pack is None else f", at most {max_per_pack} per pack"
@@ -218,11 +218,11 @@ def test_packing_widget_readout_follows_the_controls():
 
 
 def test_shown_packs_first_last_spread():
-    assert widgets._shown_packs(100, 4, "first") == [0, 1, 2, 3]
-    assert widgets._shown_packs(100, 4, "last") == [96, 97, 98, 99]
-    assert widgets._shown_packs(100, 4, "spread") == [0, 33, 66, 99]
-    assert widgets._shown_packs(3, 12, "spread") == [0, 1, 2]
-    assert widgets._shown_packs(3, 12, "last") == [0, 1, 2]
+    assert widgets.shown_packs(100, 4, "first") == [0, 1, 2, 3]
+    assert widgets.shown_packs(100, 4, "last") == [96, 97, 98, 99]
+    assert widgets.shown_packs(100, 4, "spread") == [0, 33, 66, 99]
+    assert widgets.shown_packs(3, 12, "spread") == [0, 1, 2]
+    assert widgets.shown_packs(3, 12, "last") == [0, 1, 2]
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -1,4 +1,4 @@
-"""Tests for padlab.metrics and the fixed/dynamic strategies of padlab.strategies: hand-computed numbers."""
+"""Tests for padlab.waste and the fixed/dynamic strategies of padlab.strategies: hand-computed numbers."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,10 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from padlab._validate import PadlabError
 from padlab.data import load_corpus
-from padlab.metrics import BatchShape, length_eta_squared, padded_batches, waste
 from padlab.padding import pad_batch
 from padlab.strategies import batch_shapes, bucket_tradeoff, random_batches, waste_table
+from padlab.waste import BatchShape, length_eta_squared, padded_batches, waste
 
 
 def shape(rows, width, lens):
@@ -183,12 +184,12 @@ def test_error_batchshape_width():
 
 @pytest.mark.parametrize("lens", [np.array([], dtype=np.int64), np.array([[1]]), np.array([1.0]), [1, "a"]])
 def test_error_batchshape_seq_lengths_kind(lens):
-    with pytest.raises(ValueError, match=r"seq_lengths must be a non-empty 1-D array of integers"):
+    with pytest.raises(ValueError, match=r"seq_lengths must be a non-empty 1-D sequence of integers >= 1"):
         BatchShape(rows=1, width=4, seq_lengths=lens)
 
 
 def test_error_batchshape_zero_length():
-    with pytest.raises(ValueError, match=r"seq_lengths must hold lengths >= 1"):
+    with pytest.raises(ValueError, match=r"seq_lengths must be .* integers >= 1; got array\(\[3, 0\]\)"):
         BatchShape(rows=2, width=4, seq_lengths=np.array([3, 0]))
 
 
@@ -225,6 +226,25 @@ def test_error_padded_batches_max_length():
 def test_error_padded_batches_multiple_of():
     with pytest.raises(ValueError, match=r"pad_to_multiple_of must be an integer >= 1; got 0"):
         padded_batches(LENS, [np.array([0])], pad_to_multiple_of=0)
+
+
+@pytest.mark.parametrize("batch, match", [
+    # A negative index would wrap around to the end of lengths: refused, not silently used.
+    (np.array([0, -1]), r"batches\[0\] must hold indices in \[0, 4\) \(len\(lengths\) = 4\); got array\(\[ 0, -1\]\)"),
+    (np.array([4]), r"batches\[0\] must hold indices in \[0, 4\) .*; got array\(\[4\]\)"),
+    (np.array([], dtype=np.int64), r"batches\[0\] must be a non-empty 1-D array of integer indices"),
+    (np.array([0.0, 1.0]), r"batches\[0\] must be a non-empty 1-D array of integer indices; got array\(\[0., 1.\]\)"),
+    (np.array([True, False]), r"batches\[0\] must be a non-empty 1-D array of integer indices"),
+])
+def test_error_padded_batches_indices(batch, match):
+    with pytest.raises(PadlabError, match=match):
+        padded_batches(np.array([3, 1, 4, 1]), [batch])
+
+
+@pytest.mark.parametrize("lengths", [[[1, 2], [3]], np.array([2**63], dtype=np.uint64), [3, 0]])
+def test_error_padded_batches_lengths(lengths):
+    with pytest.raises(PadlabError, match=r"lengths must be a non-empty 1-D sequence of integers >= 1"):
+        padded_batches(lengths, [np.array([0])])
 
 
 def test_error_strategy_unknown():

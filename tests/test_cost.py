@@ -1,4 +1,4 @@
-"""Memory, FLOP and kernel measurements in padlab.metrics: expected numbers derived by hand."""
+"""Memory, FLOP and kernel measurements in padlab.cost: expected numbers derived by hand."""
 from __future__ import annotations
 
 import pytest
@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend
 
-from padlab.metrics import (flop_count, median_time, op_names, parameter_memory, saved_activation_bytes,
-                            sdpa_backend_used, sdpa_ops)
+from padlab.cost import (ParameterMemory, flop_count, median_time, op_names, parameter_memory,
+                         saved_activation_bytes, sdpa_backend_used, sdpa_ops)
 
 
 # --- parameter_memory ---------------------------------------------------------------------------
@@ -19,13 +19,25 @@ from padlab.metrics import (flop_count, median_time, op_names, parameter_memory,
     ("fp32", "adamw", dict(weights=64, gradients=64, optimizer=128, half_copies=0, total=256)),
     ("fp32", "sgd", dict(weights=64, gradients=64, optimizer=0, half_copies=0, total=128)),
     ("fp32", "momentum", dict(weights=64, gradients=64, optimizer=64, half_copies=0, total=192)),
-    ("bf16", "adam", dict(weights=32, gradients=32, optimizer=64, half_copies=0, total=128)),
-    ("fp16", "adam", dict(weights=32, gradients=32, optimizer=64, half_copies=0, total=128)),
-    ("amp", "adam", dict(weights=64, gradients=64, optimizer=128, half_copies=32, total=288)),
+    ("tf32", "adam", dict(weights=64, gradients=64, optimizer=128, half_copies=0, total=256)),
+    ("bf16-pure", "adam", dict(weights=32, gradients=32, optimizer=64, half_copies=0, total=128)),
+    ("fp16-pure", "adam", dict(weights=32, gradients=32, optimizer=64, half_copies=0, total=128)),
+    ("bf16-amp", "adam", dict(weights=64, gradients=64, optimizer=128, half_copies=32, total=288)),
+    ("fp16-amp", "adam", dict(weights=64, gradients=64, optimizer=128, half_copies=32, total=288)),
+    ("bf16-amp+tf32", "adam", dict(weights=64, gradients=64, optimizer=128, half_copies=32, total=288)),
 ])
 def test_parameter_memory_linear(precision, optimizer, expected):
     out = parameter_memory(nn.Linear(3, 4), precision, optimizer)
     assert out == dict(parameters=16, trainable=16, **expected)
+
+
+def test_parameter_memory_is_a_typed_result_that_reads_like_a_dict():
+    out = parameter_memory(nn.Linear(3, 4), "bf16-amp")
+    assert isinstance(out, ParameterMemory) and (out.total, out.half_copies) == (288, 32)
+    assert out["total"] == 288 and out.get("nothing", 0) == 0 and list(out)[:2] == ["parameters", "trainable"]
+    assert type(out.as_dict()) is dict and out.as_dict() == dict(out)
+    with pytest.raises(KeyError):
+        out["gpu"]
 
 
 def test_parameter_memory_frozen_params_have_no_gradients_or_state():
@@ -53,6 +65,9 @@ def test_parameter_memory_matches_a_reference_count_of_a_deeper_model():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(model="not a model"), "model must be a torch.nn.Module"),
     (dict(model=nn.Linear(1, 1), precision="fp8"), "precision must be one of"),
+    # The old vocabulary is gone: one set of precision names across padlab.
+    (dict(model=nn.Linear(1, 1), precision="amp"), r"precision must be one of 'fp32', 'tf32', .*; got 'amp'"),
+    (dict(model=nn.Linear(1, 1), precision="bf16"), r"precision must be one of .*; got 'bf16'"),
     (dict(model=nn.Linear(1, 1), optimizer="lion"), "optimizer must be one of"),
 ])
 def test_parameter_memory_bad_input(kwargs, match):
