@@ -4,8 +4,8 @@ Tests the seed's claims ("FP16 saves memory and speeds training up"; "AMP suits
 classification but does badly on regression that needs exact values"):
 
 * **train rows**: the small encoder trained from the same seeded initial weights on the same
-  batches under each policy in :data:`padlab.amp.POLICIES`, on each task in ``--tasks``
-  (see :data:`padlab.amp.TASKS`), for ``--seeds`` seeds; the final eval accuracy or error,
+  batches under each policy in :data:`padlab.precision.POLICIES`, on each task in ``--tasks``
+  (see :data:`padlab.experiments.amp_matrix.TASKS`), for ``--seeds`` seeds; the final eval accuracy or error,
   per-step loss / loss scale / underflow fraction, skipped steps, peak memory and wall time.
 * **speed rows**: median step time (CUDA events; a timer on CPU) and peak memory per policy for
   the small encoder and, on a GPU, a BERT-base-size encoder on fixed 128-token batches.
@@ -31,7 +31,9 @@ from pathlib import Path
 
 import torch
 
-from padlab import amp
+from padlab import introspect, precision, train
+from padlab.env import resolve_device
+from padlab.experiments import amp_matrix as matrix
 from padlab.models import EncoderConfig, EncoderForSequenceClassification
 
 DEFAULT_TASKS = ("wordnet-topic", "wordnet-length", "wordnet-length-raw", "wordnet-length-offset")
@@ -87,10 +89,10 @@ def time_policy(config: EncoderConfig, batch: dict, policy: str, dev: torch.devi
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", amp.PolicyWarning)
-        prep = amp.prepare(model, None, policy, dev)
+        warnings.simplefilter("ignore", precision.PolicyWarning)
+        prep = precision.prepare(model, None, policy, dev)
     del model
-    step = lambda: amp.train_step(prep.model, b, prep.optimizer, prep.policy, prep.scaler, measure=False)  # noqa: E731
+    step = lambda: train.train_step(prep.model, b, prep.optimizer, prep.policy, prep.scaler, measure=False)  # noqa: E731
     for _ in range(warmup):
         step()
     times = []
@@ -123,15 +125,15 @@ def run_cells(cells: list[tuple[int, str]], policies: list[str], checks: dict, *
     """Train rows for each (seed, task) cell under every runnable policy (one worker's share)."""
     if threads:
         torch.set_num_threads(threads)
-    dev = torch.device(device)
+    dev = resolve_device(device)
     config = EncoderConfig.tiny() if quick else EncoderConfig.small()
     rows = []
     for seed, t in cells:
-        task = amp.make_task(t, n_train=steps * batch_size, n_eval=n_eval, batch_size=batch_size, seed=seed)
+        task = matrix.make_task(t, n_train=steps * batch_size, n_eval=n_eval, batch_size=batch_size, seed=seed)
         for q in policies:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", amp.PolicyWarning)
-                row = amp.run_experiment(task, q, steps=steps, device=dev, seed=seed, config=config)
+                warnings.simplefilter("ignore", precision.PolicyWarning)
+                row = matrix.run_experiment(task, q, steps=steps, device=dev, seed=seed, config=config)
             row["kind_of_row"] = "train"
             row["pointless_here"] = checks[q].pointless
             if seed > 0:  # per-step curves of the first seed are enough for the plots; keep the file small
@@ -152,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="where to write the JSON")
     p.add_argument("--quick", action="store_true", help="a tiny encoder, few steps, one seed: a CPU smoke run")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated names from padlab.amp.TASKS")
-    p.add_argument("--policies", default=",".join(amp.POLICIES))
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated names from padlab.experiments.amp_matrix.TASKS")
+    p.add_argument("--policies", default=",".join(precision.POLICIES))
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default 400; quick 8)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per task and policy (default 3; quick 1)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -162,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=None, help="worker processes for the train rows (default 3 on a GPU, 1 on CPU)")
     args = p.parse_args(argv)
 
-    dev = torch.device("cuda" if (args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()))
-                       else "cpu")
+    dev = resolve_device(args.device)
     if dev.type == "cpu":
         torch.set_num_threads(min(2, torch.get_num_threads()))
     steps = args.steps or (8 if args.quick else 400)
@@ -174,13 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [t for t in args.tasks.split(",") if t]
     policies = [q for q in args.policies.split(",") if q]
     for t in tasks:
-        amp.TASKS.get(t) or p.error(f"unknown task {t!r}; choose from {', '.join(amp.TASKS)}")
+        matrix.TASKS.get(t) or p.error(f"unknown task {t!r}; choose from {', '.join(matrix.TASKS)}")
     for q in policies:
-        q in amp.POLICIES or p.error(f"unknown policy {q!r}; choose from {', '.join(amp.POLICIES)}")
+        q in precision.POLICIES or p.error(f"unknown policy {q!r}; choose from {', '.join(precision.POLICIES)}")
 
     t_start = time.perf_counter()
     given = list(sys.argv[1:] if argv is None else argv)
-    checks = {q: amp.check_policy(q, dev) for q in policies}
+    checks = {q: precision.check_policy(q, dev) for q in policies}
     runnable = [q for q in policies if checks[q].runnable]
     rows: list[dict] = []
     for q in policies:
@@ -211,12 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     rows.sort(key=lambda r: (order.get((r.get("seed"), r.get("task")), -1), policies.index(r["policy"])))
 
     # Which ops autocast runs in which dtype on this device (CPU and CUDA keep their own op lists).
-    probe = amp.make_task(tasks[0], n_train=batch_size, n_eval=1, batch_size=batch_size, seed=0)
+    probe = matrix.make_task(tasks[0], n_train=batch_size, n_eval=1, batch_size=batch_size, seed=0)
     torch.manual_seed(0)
     probe_model = EncoderForSequenceClassification(config.replace(num_labels=probe.num_labels), task=probe.kind)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", amp.PolicyWarning)
-        table = amp.autocast_table(probe_model, probe.train[0], [q for q in runnable if amp.get_policy(q).half],
+        warnings.simplefilter("ignore", precision.PolicyWarning)
+        table = introspect.autocast_table(probe_model, probe.train[0], [q for q in runnable if precision.get_policy(q).half],
                                    dev)
     rows.append({"kind_of_row": "autocast", "task": probe.name, "ops": table})
 
@@ -247,9 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"steps": steps, "seeds": seeds, "batch_size": batch_size, "n_eval": n_eval, "tasks": tasks,
                    "policies": policies, "model": {"hidden": config.hidden, "layers": config.layers,
                                                    "heads": config.heads, "ffn": config.ffn},
-                   "optimizer": "AdamW lr 1e-3, weight decay 0.01, eps 1e-8 (padlab.amp.default_optimizer)",
+                   "optimizer": "AdamW lr 1e-3, weight decay 0.01, eps 1e-8 (padlab.precision.default_optimizer)",
                    "lr_schedule": "linear: 5% warm-up, then decay to zero", "jobs": jobs,
-                   "task_descriptions": {t: amp.TASKS[t].description for t in tasks},
+                   "task_descriptions": {t: matrix.TASKS[t].description for t in tasks},
                    "policy_checks": {q: vars(checks[q]) for q in policies}},
         "seconds": round(time.perf_counter() - t_start, 1),
         "rows": rows,

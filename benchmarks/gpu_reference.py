@@ -20,12 +20,13 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
-from padlab import bench
-from padlab.bench import BenchConfig, collate_step, format_table, mask_corpus, plan_batches, run_benchmark
 from padlab.data import load_corpus
+from padlab.env import resolve_device
+from padlab.experiments import bench, results
+from padlab.experiments.bench import BenchConfig, collate_step, format_table, mask_corpus, plan_steps, run_benchmark
+from padlab.train import to_device, train_step
 
 
 def log(*a):
@@ -33,12 +34,11 @@ def log(*a):
 
 
 def part_matrix(out: str, quick: bool) -> None:
-    kw = dict(model="tiny", timed_steps=5, budget=8 * 128, capacity=128) if quick else {}
+    kw = dict(model="tiny", timed_steps=5, max_tokens=8 * 128, max_length=128) if quick else {}
     best = "packed-varlen/bf16-amp"
     cfg = BenchConfig(progress=False, **kw)
     def save(partial):
-        with open(os.path.join(out, "bench_tokens.partial.json"), "w") as fh:
-            json.dump(partial, fh)
+        results.save_result(partial, os.path.join(out, "bench_tokens.partial.json"))
         r = partial["rows"][-1]
         log(f"row {r['strategy']}/{r['precision']}: {r['real_tokens_per_s']:,.0f} real tok/s, "
             f"cold {r['cold_real_tokens_per_s']:,.0f}, mfu {r['mfu']}")
@@ -51,16 +51,14 @@ def part_matrix(out: str, quick: bool) -> None:
         comp = run_benchmark(cfg_c, command="(compiled row)")
         row = comp["rows"][0]
         row["compile_and_cold_s"] = time.perf_counter() - t0
-        base = next(r for r in res["rows"] if r["strategy"] == "fixed" and r["precision"] == "fp32")
-        row["speedup_vs_fixed_fp32"] = row["real_tokens_per_s"] / base["real_tokens_per_s"]
         res["rows"].append(row)
-    mc = mask_corpus(load_corpus(cfg.corpus), cfg.mlm_prob, cfg.capacity, cfg.seed)
+        row["speedup_vs_fixed_fp32"] = results.speedups(res)[results.row_label(row)]
+    mc = mask_corpus(load_corpus(cfg.corpus), cfg.mlm_prob, cfg.max_length, cfg.seed)
     best_row = max(res["rows"], key=lambda r: r["real_tokens_per_s"])
     res["loader"] = loader_vs_gpu(best_row, mc, cfg)
     log(format_table(res))
     log("loader", json.dumps(res["loader"]))
-    with open(os.path.join(out, "bench_tokens.json"), "w") as fh:
-        json.dump(res, fh, indent=1)
+    results.save_result(res, os.path.join(out, "bench_tokens.json"))
     from padlab.viz import bench_summary
     bench_summary(res).savefig(os.path.join(out, "bench_tokens.png"), dpi=110)
 
@@ -78,19 +76,18 @@ def loader_vs_gpu(best_row, mc, cfg, workers=(0, 4)):
 
 
 def save(out: str, result: dict, name: str = "bench_extra.json") -> None:
-    with open(os.path.join(out, name), "w") as fh:
-        json.dump(result, fh, indent=1)
+    results.save_result(result, os.path.join(out, name))
 
 
 def part_tune(out: str, quick: bool) -> None:
     """The best recipe, compiled, at 1x and 4x the token budget: how MFU grows with step size."""
-    kw = dict(model="tiny", timed_steps=5, capacity=128) if quick else {}
-    cap = kw.get("capacity", 512)
+    kw = dict(model="tiny", timed_steps=5, max_length=128) if quick else {}
+    cap = kw.get("max_length", 512)
     result = {"command": "python benchmarks/gpu_reference.py --part tune", "rows": []}
     mc = None
     for budget, vmax in (((8 * cap, "batch"), (32 * cap, "batch")) if quick else
-                         ((32 * cap, "batch"), (128 * cap, "batch"), (128 * cap, "capacity"))):
-        cfg = BenchConfig(strategies=("packed-varlen",), precisions=("bf16-amp",), budget=budget,
+                         ((32 * cap, "batch"), (128 * cap, "batch"), (128 * cap, "max_length"))):
+        cfg = BenchConfig(strategies=("packed-varlen",), precisions=("bf16-amp",), max_tokens=budget,
                           compile=("packed-varlen/bf16-amp",), progress=False, varlen_max=vmax, **kw)
         t0 = time.perf_counter()
         r = run_benchmark(cfg, command=f"tune budget={budget}")
@@ -103,21 +100,21 @@ def part_tune(out: str, quick: bool) -> None:
         result["rows"].append(row)
         log(format_table(r))
         if mc is None:
-            mc = mask_corpus(load_corpus(cfg.corpus), cfg.mlm_prob, cfg.capacity, cfg.seed)
+            mc = mask_corpus(load_corpus(cfg.corpus), cfg.mlm_prob, cfg.max_length, cfg.seed)
         row["loader"] = loader_vs_gpu(row, mc, cfg)
         log("loader", json.dumps(row["loader"]))
         save(out, result, "bench_tune.json")
-        mcfg = bench.model_config(cfg.model, bench._vocab(), cfg.capacity)
+        mcfg = bench.model_config(cfg.model, cfg.max_length)
         torch.manual_seed(cfg.seed)
         from padlab.models import EncoderForMaskedLM
         init = {k: v.detach().clone() for k, v in EncoderForMaskedLM(mcfg).state_dict().items()}
-        row["profile"] = profile_best(cfg, mc, mcfg, init, bench.resolve_device("auto"), out, n=6,
+        row["profile"] = profile_best(cfg, mc, mcfg, init, resolve_device("auto"), out, n=6,
                                       name=f"profile_budget{budget}_{vmax}.txt")
         save(out, result, "bench_tune.json")
 
 
 def part_extra(out: str, quick: bool) -> None:
-    kw = dict(model="tiny", timed_steps=5, budget=8 * 128, capacity=128) if quick else {}
+    kw = dict(model="tiny", timed_steps=5, max_tokens=8 * 128, max_length=128) if quick else {}
     result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU",
               "torch": torch.__version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": "python benchmarks/gpu_reference.py --part extra"}
@@ -141,12 +138,12 @@ def part_extra(out: str, quick: bool) -> None:
     # 3. Loss curves: best recipe against the baseline, 200 steps each, per example seen.
     steps = 10 if quick else 200
     cfgl = BenchConfig(progress=False, **kw)
-    mc = mask_corpus(load_corpus(cfgl.corpus), cfgl.mlm_prob, cfgl.capacity, cfgl.seed)
+    mc = mask_corpus(load_corpus(cfgl.corpus), cfgl.mlm_prob, cfgl.max_length, cfgl.seed)
     from padlab.models import EncoderForMaskedLM
-    mcfg = bench.model_config(cfgl.model, bench._vocab(), cfgl.capacity)
+    mcfg = bench.model_config(cfgl.model, cfgl.max_length)
     torch.manual_seed(cfgl.seed)
     init = {k: v.detach().clone() for k, v in EncoderForMaskedLM(mcfg).state_dict().items()}
-    dev = bench.resolve_device("auto")
+    dev = resolve_device("auto")
     curves = []
     for s, p in (("fixed", "fp32"), ("packed-varlen", "bf16-amp")):
         t0 = time.perf_counter()
@@ -178,23 +175,21 @@ def profile_best(cfg, mc, mcfg, init, dev, out, strategy="packed-varlen", precis
     """torch.profiler over ``n`` steps of the best recipe: GPU time by kernel family."""
     from torch.profiler import ProfilerActivity, profile
 
-    from padlab.models import EncoderForMaskedLM
+    planned, _ = plan_steps(strategy, mc, cfg, n + 3, epoch0=300)
+    steps = [to_device(collate_step(strategy, mc, p, cfg)["inputs"], dev) for p in planned]
+    prep = bench.prepare_row(precision, init, mcfg, cfg, dev)
 
-    plan = plan_batches(strategy, mc, cfg, n + 3, epoch0=300)
-    steps = [bench._to(collate_step(strategy, mc, p, cfg)["inputs"], dev) for p in plan]
-    model = EncoderForMaskedLM(mcfg).to(dev)
-    model.load_state_dict(init)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=dev.type == "cuda")
-    prec = bench._Precision(precision, dev)
+    def step(inputs):
+        train_step(prep.model, inputs, prep.optimizer, prep.policy, prep.scaler, bench.mlm_loss, measure=False)
+
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    with prec:
-        for inp in steps[:3]:
-            bench._train_step(model, opt, prec, inp)
-        bench._sync(dev)
-        with profile(activities=acts) as prof:
-            for inp in steps[3:]:
-                bench._train_step(model, opt, prec, inp)
-            bench._sync(dev)
+    for inp in steps[:3]:
+        step(inp)
+    bench.sync(dev)
+    with profile(activities=acts) as prof:
+        for inp in steps[3:]:
+            step(inp)
+        bench.sync(dev)
     attr = "device_time_total" if dev.type == "cuda" else "cpu_time_total"
     events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
     table = prof.key_averages().table(sort_by="cuda_time_total" if dev.type == "cuda" else "cpu_time_total", row_limit=40)

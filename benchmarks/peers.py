@@ -17,8 +17,7 @@ import time
 import numpy as np
 import torch
 
-from padlab import bench
-from padlab.batching import BucketBatchSampler
+from padlab.experiments import bench
 from padlab.data import data_dir
 from padlab.models import IGNORE_INDEX
 
@@ -41,10 +40,7 @@ def peer_rows(cfg, mc, mcfg, init, dev):
     lens = mc.lengths
     n_steps = cfg.timed_steps
     # The same batch size padlab's bucketed row uses at this token budget.
-    bs = bench.batch_size_for_budget(lens, cfg.budget,
-                                     lambda b: BucketBatchSampler(lens, b, mega_batch=cfg.mega_batch, seed=cfg.seed,
-                                                                  drop_last=True).epoch_batches(0),
-                                     lambda x: int(x.max()))
+    bs = int(np.median([len(b) for b in bench.step_plan("bucketed", lens, cfg).batches]))
     rows = []
     peak = bench.matmul_peak_tflops(dev) if dev.type == "cuda" else 0.0
 
@@ -58,7 +54,7 @@ def peer_rows(cfg, mc, mcfg, init, dev):
     coll = DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=cfg.mlm_prob, return_tensors="pt")
     orig = mc.corpus
     t0 = time.perf_counter()
-    raw = [coll([{"input_ids": orig.ids(i)[:cfg.capacity].tolist()} for i in b]) for b in batches]
+    raw = [coll([{"input_ids": orig.ids(i)[:cfg.max_length].tolist()} for i in b]) for b in batches]
     t_coll = time.perf_counter() - t0
     steps = []
     for b, idx in zip(raw, batches):
@@ -72,7 +68,7 @@ def peer_rows(cfg, mc, mcfg, init, dev):
     rows.append(r)
 
     # (b) flattening collator (padding-free) on random batches of about the same token count
-    per = max(1, int(cfg.budget / float(np.mean(lens))))
+    per = max(1, int(cfg.max_tokens / float(np.mean(lens))))
     reps = -(-per * n_steps // len(lens))
     perm = np.concatenate([np.random.default_rng((cfg.seed, e)).permutation(len(lens)) for e in range(reps)])
     batches = [perm[i:i + per] for i in range(0, per * n_steps, per)]
@@ -87,7 +83,7 @@ def peer_rows(cfg, mc, mcfg, init, dev):
         starts = torch.nonzero(pos_ids == 0).squeeze(1)
         cu = torch.cat([starts, torch.tensor([ids.numel()])]).to(torch.int32)
         # Its labels put -100 on each sequence's first token (for causal shift): keep as given.
-        inputs, _ = _step({"input_ids": ids, "position_ids": pos_ids, "cu_seqlens": cu, "max_seqlen": cfg.capacity},
+        inputs, _ = _step({"input_ids": ids, "position_ids": pos_ids, "cu_seqlens": cu, "max_seqlen": cfg.max_length},
                           None, b["labels"])
         sl = np.diff(cu.numpy())
         steps.append({"inputs": inputs, "real_tokens": int(ids.numel()), "slots": int(ids.numel()),

@@ -99,7 +99,10 @@ def _add_floats(sub) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import PRECISIONS, STRATEGIES, BenchConfig, format_table, run_benchmark
+    from .experiments.bench import PRECISIONS, BenchConfig, format_table, run_benchmark
+    from .experiments.results import save_result
+    from .precision import POLICIES
+    from .strategies import STRATEGIES
 
     def names(text: str | None, allowed: tuple[str, ...], arg: str) -> tuple[str, ...]:
         if text is None:
@@ -110,17 +113,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             raise fail(arg, text, f"be a comma-separated list of {', '.join(allowed)}")
         return out
 
-    quick = dict(model="tiny", timed_steps=5, budget=8 * 128, capacity=128, seqs_per_step=8) if args.quick else {}
-    cfg = BenchConfig(strategies=names(args.strategies, STRATEGIES, "--strategies"),
-                      precisions=names(args.precisions, ("fp32", "bf16-amp") if args.quick else PRECISIONS, "--precisions"),
+    quick = dict(model="tiny", timed_steps=5, max_tokens=8 * 128, max_length=128, seqs_per_step=8) if args.quick else {}
+    precisions = names(args.precisions, tuple(POLICIES), "--precisions") if args.precisions else \
+        (("fp32", "bf16-amp") if args.quick else PRECISIONS)
+    cfg = BenchConfig(strategies=names(args.strategies, tuple(STRATEGIES), "--strategies"),
+                      precisions=precisions,
                       work=args.work, seed=args.seed, device=args.device, progress=not args.no_progress,
                       compile=tuple(args.compile or ()),
                       **{**quick, **({"timed_steps": args.timed_steps} if args.timed_steps else {})})
     result = run_benchmark(cfg, command="padlab " + " ".join(args.raw_argv))
     print(format_table(result))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1)
+        save_result(result, args.json)
         print(f"wrote {args.json}")
     if args.png:
         from .viz import bench_summary
@@ -134,7 +138,8 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="train a masked LM under every batching strategy x precision; JSON and PNG out")
     p.add_argument("--quick", action="store_true", help="a tiny model and few steps: under a minute on a CPU")
     p.add_argument("--strategies", help="comma-separated subset of the strategies")
-    p.add_argument("--precisions", help="comma-separated subset of fp32,tf32,fp16-amp,bf16-amp")
+    p.add_argument("--precisions", help="comma-separated policy names (padlab.precision.POLICIES; "
+                                         "default fp32,tf32,fp16-amp,bf16-amp)")
     p.add_argument("--work", choices=("tokens", "sequences"), default="tokens",
                    help="equal token slots per step (default) or equal sequences per step")
     p.add_argument("--timed-steps", type=int, default=None)

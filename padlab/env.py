@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ._validate import check_choice, check_int
+from ._validate import check_choice, check_int, fail
 
 
 @dataclass(frozen=True)
@@ -33,16 +33,42 @@ class DeviceInfo:
         return asdict(self)
 
 
+def resolve_device(device: "str | torch.device" = "auto") -> torch.device:
+    """THE device resolver: ``"auto"`` (a CUDA GPU, else an Apple GPU, else the CPU), a name such
+    as ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, or a ``torch.device``.
+
+    Only the form is checked here, not whether the device exists: :func:`padlab.precision.check_policy`
+    says why a policy cannot run on a missing GPU, and :func:`detect_device` refuses one.
+    """
+    if isinstance(device, str) and device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise fail("device", device, "be 'auto' or a device such as 'cpu', 'cuda', 'cuda:0' or 'mps'") from None
+    else:
+        raise fail("device", device, "be 'auto' or a device such as 'cpu', 'cuda', 'cuda:0' or 'mps'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise fail("device", device, "be a 'cpu', 'cuda' or 'mps' device")
+    return dev
+
+
 def detect_device(prefer: str = "auto") -> DeviceInfo:
     """Detect the best device (``prefer`` may force ``"cpu"``, ``"cuda"`` or ``"mps"``)."""
     check_choice("prefer", prefer, ("auto", "cpu", "cuda", "mps"))
     has_cuda = torch.cuda.is_available()
     has_mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
     if prefer == "cuda" and not has_cuda:
-        raise ValueError("prefer must name an available device; got 'cuda' (no CUDA GPU found)")
+        raise fail("prefer", prefer, "name an available device (no CUDA GPU found)")
     if prefer == "mps" and not has_mps:
-        raise ValueError("prefer must name an available device; got 'mps' (no Apple GPU found)")
-    device = prefer if prefer != "auto" else ("cuda" if has_cuda else "mps" if has_mps else "cpu")
+        raise fail("prefer", prefer, "name an available device (no Apple GPU found)")
+    device = resolve_device(prefer).type
     if device == "cuda":
         major, minor = torch.cuda.get_device_capability()
         # bf16 tensor cores arrive with Ampere (8.0); a T4 (7.5) emulates bf16 slowly.

@@ -127,20 +127,38 @@ def _torch_version(text: str | None = None) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
-def nested_supported() -> tuple[bool, str]:
+class NestedSupport(NamedTuple):
+    """What :func:`nested_supported` found: ``supported`` and a one-sentence ``reason`` (to print, not to parse)."""
+
+    supported: bool
+    reason: str
+
+
+def _gpu_present() -> bool:
+    try:
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - a broken driver answers by raising: no usable GPU
+        return False
+
+
+def nested_supported() -> NestedSupport:
     """Whether SDPA on ``torch.nested`` jagged tensors can run here, and why (not).
 
     Known failure, checked by version rather than by trying (a try would kill the process): the
-    CUDA build of torch >= 2.14 on a machine without a GPU crashes inside nested-tensor SDPA;
-    the CPU build (e.g. 2.13.0+cpu) and CUDA builds with a GPU work.
+    CUDA build of torch >= 2.14 on a machine without a GPU (Colab's CPU runtime, PyPI's default
+    wheel on a laptop) crashes inside nested-tensor SDPA; the CPU build (e.g. 2.13.0+cpu) and
+    CUDA builds with a GPU work. Never raises: callers branch on ``.supported`` and fall back
+    to the padded or packed path.
     """
+    version = str(torch.__version__)
     if not hasattr(torch, "jagged") or not hasattr(torch.nested, "nested_tensor_from_jagged"):
-        return False, f"torch {torch.__version__} has no jagged nested tensors (torch >= 2.3 needed)"
-    if torch.version.cuda is not None and not torch.cuda.is_available() and _torch_version() >= (2, 14):
-        return False, (f"torch {torch.__version__} is a CUDA build on a machine without a GPU; its "
-                       "nested-tensor SDPA crashes here (a CPU build such as 2.13.0+cpu works). "
-                       "Use the padded or packed path, or install a CPU build of torch.")
-    return True, f"torch {torch.__version__}: nested jagged SDPA available"
+        return NestedSupport(False, f"torch {version} has no jagged nested tensors (torch >= 2.3 needed)")
+    cuda_build = getattr(torch.version, "cuda", None) is not None
+    if cuda_build and not _gpu_present() and _torch_version() >= (2, 14):
+        return NestedSupport(False, f"torch {version} is a CUDA build on a machine without a GPU; its "
+                                    "nested-tensor SDPA crashes here (a CPU build such as 2.13.0+cpu works). "
+                                    "Use the padded or packed path, or install a CPU build of torch.")
+    return NestedSupport(True, f"torch {version}: nested jagged SDPA available")
 
 
 def _require_nested() -> None:
@@ -713,5 +731,5 @@ def model_flops(config: EncoderConfig, real_tokens: int, masked_tokens: int, seq
 __all__ = [
     "EncoderConfig", "Encoder", "EncoderLayer", "EncoderForSequenceClassification", "EncoderForMaskedLM",
     "HeadOutput", "MaskedLMHead", "IGNORE_INDEX", "mask_tokens", "sequence_loss", "sdpa_mask",
-    "nested_supported", "parameter_counts", "model_flops",
+    "nested_supported", "NestedSupport", "parameter_counts", "model_flops",
 ]

@@ -27,9 +27,7 @@ padding) and returns the outputs in dataset order with :func:`padlab.batching.re
 """
 from __future__ import annotations
 
-import copy
 import functools
-import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -165,83 +163,54 @@ class LoopResult:
     model: nn.Module
 
 
-def _model_kwargs(batch: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: batch[k] for k in ("attention_mask", "position_ids", "labels") if k in batch}
-
-
 def train_loop(model: nn.Module, loader: DataLoader, steps: int, *, lr: float = 1e-3,
                optimizer_factory: Callable[[Any], torch.optim.Optimizer] | None = None,
                lr_schedule: str = "linear", seed: int | None = 0) -> LoopResult:
-    """The plain PyTorch recipe: train a copy of ``model`` for ``steps`` optimizer steps.
+    """The plain PyTorch recipe: :func:`padlab.train.train` (fp32) of a copy of ``model`` for
+    ``steps`` optimizer steps, with what each batch looked like.
 
-    Each epoch starts with ``loader.batch_sampler.set_epoch(epoch)`` (where it exists), so a
-    padlab sampler gives new batches every epoch; the loader is restarted until ``steps`` steps
-    are done. The model is called as ``model(input_ids, attention_mask=..., labels=...)`` and
-    must return its loss first (``out.loss`` or ``out[0]``). Optimizer: AdamW at ``lr`` (fused on
-    CPU and CUDA), or ``optimizer_factory(parameters)``; ``lr_schedule="linear"`` warms the
-    rate up over the first 5% of steps and decays it to zero at the last step (as
-    :func:`padlab.amp.train`), ``"constant"`` keeps it. ``seed`` seeds torch before training (``None``:
-    leave the global generator alone). ``model`` itself is not changed.
+    Each epoch starts with ``set_epoch(epoch)`` on the loader's batch sampler (where it exists,
+    :func:`padlab.train.cycle_epochs`), so a padlab sampler gives new batches every epoch; the
+    loader is restarted until ``steps`` steps are done. The model is called as
+    ``model(input_ids, attention_mask=..., labels=...)`` and returns its loss first
+    (:func:`padlab.train.default_loss`). Optimizer: AdamW at ``lr`` (fused on CPU and CUDA), or
+    ``optimizer_factory(parameters)``; ``lr_schedule`` as :func:`padlab.train.make_lr_schedule`
+    (``"linear"``: 5% warm-up, then decay to zero). ``seed`` seeds torch before training
+    (``None``: leave the global generator alone). ``model`` itself is not changed.
     """
+    from .train import model_device, train
+
     if not isinstance(model, nn.Module):
         raise fail("model", model, "be a torch.nn.Module")
     if not isinstance(loader, DataLoader):
         raise fail("loader", loader, "be a torch.utils.data.DataLoader")
     steps = check_int("steps", steps, min_value=1)
     lr = check_float("lr", lr, min_value=0.0, min_inclusive=False)
-    if lr_schedule not in ("linear", "constant"):
-        raise fail("lr_schedule", lr_schedule, "be one of 'linear', 'constant'")
     seed = check_int("seed", seed, min_value=0, allow_none=True)
     if optimizer_factory is not None and not callable(optimizer_factory):
         raise fail("optimizer_factory", optimizer_factory, "be a callable mapping parameters to an optimizer")
     if seed is not None:
         torch.manual_seed(seed)
-    model = copy.deepcopy(model)
-    model.train()
+    device = model_device(model)
     if optimizer_factory is None:
-        device = next(model.parameters()).device.type
         # The fused kernel updates every tensor in one pass: on a CPU it saves most of the step
         # time of a small model (tiny batches spend more in AdamW than in the matmuls).
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, fused=device in ("cpu", "cuda"))
-    else:
-        optimizer = optimizer_factory(model.parameters())
-    warmup = max(1, steps // 20)
-    schedule = (torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: (i + 1) / warmup if i < warmup else max(0.0, (steps - i) / max(1, steps - warmup)))
-        if lr_schedule == "linear" else None)
-    sampler = loader.batch_sampler
-    losses, mean_lengths, widths, rows = [], [], [], []
-    real = computed = 0
-    epochs = 0
-    for epoch in itertools.count():
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        epochs += 1
-        seen = 0
-        for batch in loader:
-            seen += 1
-            out = model(batch["input_ids"], **_model_kwargs(batch))
-            loss = out.loss if hasattr(out, "loss") else out[0]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
-            mask = batch.get("attention_mask")
-            ids = batch["input_ids"]
-            n_real = int(mask.sum()) if mask is not None else ids.numel()
-            losses.append(loss.item())
-            rows.append(ids.shape[0])
-            widths.append(ids.shape[1])
-            mean_lengths.append(n_real / ids.shape[0])
-            real += n_real
-            computed += ids.numel()
-            if len(losses) == steps:
-                return LoopResult(np.array(losses), np.array(mean_lengths), np.array(widths), np.array(rows),
-                                  real, computed, epochs, model)
-        if seen == 0:
-            raise fail("loader", loader, "yield at least one batch")
-    raise AssertionError("unreachable")  # pragma: no cover
+        fused = device.type in ("cpu", "cuda")
+
+        def optimizer_factory(params: Any) -> torch.optim.Optimizer:
+            return torch.optim.AdamW(params, lr=lr, fused=fused)
+
+    shapes: list[tuple[int, int, int, int]] = []
+
+    def note(_record: Any, batch: Mapping[str, Any]) -> None:
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        shapes.append((ids.shape[0], ids.shape[1], int(mask.sum()) if mask is not None else ids.numel(), ids.numel()))
+
+    run = train(model, loader, "fp32", steps, device, optimizer_factory=optimizer_factory, lr_schedule=lr_schedule,
+                progress=False, on_step=note)
+    rows, widths, real, computed = (np.array(c, dtype=np.int64) for c in zip(*shapes))
+    return LoopResult(run.column("loss"), real / rows, widths, rows, int(real.sum()), int(computed.sum()),
+                      run.epochs, run.model)
 
 
 @torch.no_grad()

@@ -24,8 +24,8 @@ import numpy as np
 
 from . import viz
 from ._validate import check_choice, check_int, fail
-# Chapter 07's readers of the shipped benchmark JSON (padlab.experiments.results after the split).
-from .bench import best_row, result_for_work, row_label, speedups
+# Chapter 07's readers of the shipped benchmark JSON.
+from .experiments.results import best_row, result_for_work, row_label, speedups
 from .data import CORPORA, load_corpus
 from .floats import FORMATS, FloatBits, FloatFormat, decompose, decompose_many, from_bits, get_format
 from .packing import ALGORITHMS, pack
@@ -572,7 +572,7 @@ READOUTS["bench_widget"] = _bench_text
 def bench_widget(precision: str = "bf16-amp", work: str = "tokens") -> W.VBox:
     """The shipped H100 benchmark: pick the equal-work mode and a precision policy; the bars show
     every row's speed-up over fixed/fp32 and the readout the best row's real tokens/s and MFU
-    (:func:`padlab.bench.best_row`, :func:`padlab.bench.speedups`).
+    (:func:`padlab.experiments.results.best_row`, :func:`padlab.experiments.results.speedups`).
 
     The precision dropdown offers only the policies the chosen run measured
     (:func:`bench_precisions`); switching the mode to a run without the current policy selects

@@ -671,7 +671,7 @@ def test_strategies_bucketed_and_token_budget():
     assert not block and all(s.rows * s.width <= budget for s in shapes)
     shapes, _, _ = batch_shapes("token-budget", lengths, max_tokens=4096, noise=0.1, mega_batch=None)
     assert all(s.rows * s.width <= 4096 for s in shapes) and sum(s.rows for s in shapes) == len(lengths)
-    full, _, _ = batch_shapes("bucketed", lengths, mega_batch=None)
+    full, _, _ = batch_shapes("sorted", lengths)   # one pool: the global sort
     rnd, _, _ = batch_shapes("bucketed", lengths, mega_batch=1)
     assert sum(s.rows * s.width for s in full) < sum(s.rows * s.width for s in rnd)
 

@@ -18,8 +18,19 @@ def test_auto_matches_cuda_availability():
     assert env.detect_device().device == ("cuda" if torch.cuda.is_available() else
                                           env.detect_device().device)
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match=r"prefer must name an available device; got 'cuda'"):
+        with pytest.raises(ValueError, match=r"prefer must name an available device \(no CUDA GPU found\); got 'cuda'"):
             env.detect_device("cuda")
+
+
+def test_resolve_device_is_the_one_resolver(monkeypatch):
+    assert env.resolve_device("cpu") == torch.device("cpu")
+    assert env.resolve_device(torch.device("cuda", 1)) == torch.device("cuda", 1)   # the form only, not presence
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert env.resolve_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if getattr(torch.backends, "mps", None) is not None:
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert env.resolve_device("auto") == torch.device("cpu")
 
 
 def test_setup_seeds_and_threads():
@@ -33,6 +44,9 @@ def test_setup_seeds_and_threads():
 
 @pytest.mark.parametrize("call,match", [
     (lambda: env.detect_device("tpu"), r"prefer must be one of 'auto', 'cpu', 'cuda', 'mps'; got 'tpu'"),
+    (lambda: env.resolve_device("meta"), r"device must be a 'cpu', 'cuda' or 'mps' device; got 'meta'"),
+    (lambda: env.resolve_device("gpu!"), r"device must be 'auto' or a device such as"),
+    (lambda: env.resolve_device(3), r"device must be 'auto' or a device such as .*; got 3"),
     (lambda: env.seed_everything(-1), r"seed must be an integer >= 0; got -1"),
     (lambda: env.setup(threads=0), r"threads must be an integer >= 1; got 0"),
 ])

@@ -429,7 +429,9 @@ def test_nested_supported_detects_known_crash(monkeypatch, version, cuda, gpu, o
     monkeypatch.setattr(torch, "__version__", version)
     monkeypatch.setattr(torch.version, "cuda", cuda)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
-    supported, why = nested_supported()
+    got = nested_supported()
+    supported, why = got                              # a NamedTuple: typed fields, never prose to parse
+    assert (got.supported, got.reason) == (supported, why) and type(got).__name__ == "NestedSupport"
     assert supported is ok and version in why
     if not ok:
         assert "without a GPU" in why
@@ -793,3 +795,15 @@ def test_regression_head_trains_one_step():
     opt.step()
     with torch.no_grad():
         assert model(ids, mask, pos, labels=target).loss < out.loss
+
+
+def test_nested_supported_survives_a_driver_that_raises(monkeypatch):
+    """A CUDA build whose driver check raises (no GPU, a broken driver) reads as no GPU, never an error."""
+    def boom():
+        raise RuntimeError("Found no NVIDIA driver on your system")
+
+    monkeypatch.setattr(torch, "__version__", "2.14.1+cu130")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", boom)
+    got = nested_supported()
+    assert got.supported is False and "without a GPU" in got.reason

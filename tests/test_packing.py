@@ -476,9 +476,9 @@ def test_bad_dataset_arguments():
 # ---------------------------------------------------------------------------------------------
 
 def test_packed_strategy():
-    from padlab.strategies import available, batch_shapes, waste_table
+    from padlab.strategies import STRATEGIES, batch_shapes, waste_table
 
-    assert "packed" in available()
+    assert "packed" in STRATEGIES
     lengths = np.array([6, 5, 4, 3, 2, 1, 9, 2])
     shapes, truncated, block = batch_shapes("packed", lengths, batch_size=4, max_length=7, seed=0)
     assert truncated == 2 and block is False
@@ -490,12 +490,13 @@ def test_packed_strategy():
     key = [s.seq_lengths.tolist() for s in shapes]
     assert key == [s.seq_lengths.tolist() for s in again]
     assert key != [s.seq_lengths.tolist() for s in other]
-    dense, varlen = (waste_table(lengths, ("packed",), batch_size=4, max_length=7, varlen=v)[0]
-                     for v in (False, True))
+    dense, varlen = waste_table(lengths, ("packed", "packed-varlen"), batch_size=4, max_length=7)
     assert dense.efficiency == varlen.efficiency == 30 / 35
     assert varlen.attention_efficiency == 1.0 and dense.attention_efficiency < 1.0
-    with pytest.raises(ValueError, match="varlen must be True or False; got 'no'"):
+    with pytest.raises(ValueError, match="varlen must not be given to strategy 'packed'"):
         batch_shapes("packed", lengths, varlen="no")
+    with pytest.raises(ValueError, match=r"varlen must be an option of one of the strategies \('packed',\); got True"):
+        waste_table(lengths, ("packed",), varlen=True)
 
 
 def test_class_order_is_a_stable_sort_in_every_path():

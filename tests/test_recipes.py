@@ -203,7 +203,7 @@ def test_bad_recipe_arguments(data):
         (lambda: recipes.train_loop(_model(), loader, 1, lr=0.0), r"lr must be > 0.0; got 0.0"),
         (lambda: recipes.train_loop(_model(), [1, 2], 1), r"loader must be a torch.utils.data.DataLoader"),
         (lambda: recipes.train_loop("model", loader, 1), r"model must be a torch.nn.Module; got 'model'"),
-        (lambda: recipes.train_loop(_model(), loader, 1, lr_schedule="cosine"), r"lr_schedule must be one of 'linear', 'constant'; got 'cosine'"),
+        (lambda: recipes.train_loop(_model(), loader, 1, lr_schedule="cosine"), r"lr_schedule must be one of 'constant', 'linear'; got 'cosine'"),
         (lambda: recipes.train_loop(_model(), loader, 1, optimizer_factory=1), r"optimizer_factory must be a callable"),
         (lambda: recipes.predict_sorted("model", dataset, lengths, 4), r"model must be a torch.nn.Module"),
         (lambda: recipes.ModelInputs(keys="input_ids"), r"keys must be a non-empty sequence of key names"),

@@ -13,7 +13,8 @@ import pytest  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from padlab import bench, viz, widgets  # noqa: E402
+from padlab import viz, widgets  # noqa: E402
+from padlab.experiments import results as bench  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,298 @@
+"""Reading and writing the experiments' JSON, and the arithmetic over it (speed-ups, curves).
+
+Two kinds of result: ``padlab bench`` / :func:`padlab.experiments.bench.run_benchmark` results
+(:func:`load_result`, :func:`save_result`, :func:`rows_where`, :func:`best_row`,
+:func:`speedups`, :func:`loss_at`, ...), and ``benchmarks/amp_matrix.py`` results
+(:func:`load_matrix`, :func:`summarize_matrix`, :func:`speed_table`). Speed-ups and other
+ratios are computed here and only here: plots (:mod:`padlab.viz`) receive them as data.
+
+**The shipped H100 files keep the names they were written with.** They came from padlab's
+earlier harness, before one policy table and one strategy registry; read them knowing that:
+
+* their ``fp16-amp`` and ``bf16-amp`` rows ran with TF32 on for the float32 matmuls autocast
+  leaves (today's ``bf16-amp+tf32``; no ``fp16-amp+tf32`` policy exists), and their
+  ``fp16-amp`` rows had a GradScaler (CUDA);
+* their ``bucketed`` rows (pools of 50 x 328 sequences, more than the corpus) and
+  ``token-budget`` rows (``mega_batch=None``) were global length sorts: today's ``sorted``
+  strategy, cut by batch size or by a token budget.
+
+The rows are left as stored (renaming them would make the published tables disagree with
+their logs); a row written by the current harness says what it ran (``tf32``,
+``autocast_dtype``, ``pool_size``), and :func:`is_history` tells the two apart.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._validate import check_choice, check_int, fail
+from ..precision import POLICIES
+
+__all__ = ["SHIPPED", "WORK", "load_result", "save_result", "is_history", "result_for_work", "rows_where", "best_row",
+           "row_label", "speedups", "curve_seconds", "loss_at", "padded_widths", "flop_shares",
+           "load_matrix", "summarize_matrix", "speed_table"]
+
+WORK = ("tokens", "sequences")
+
+#: The shipped reference results (``data/benchmarks/``), by what they hold.
+SHIPPED = {"tokens": "bench_h100_tokens.json", "extra": "bench_h100_extra.json",
+           "tune": "bench_h100_tune.json", "sdpa_probe": "h100_sdpa_probe.json"}
+
+
+def load_result(path: Any) -> dict[str, Any]:
+    """Read a benchmark JSON file (a ``padlab bench`` result or one of the reference files).
+
+    ``path`` may also be a key of :data:`SHIPPED` (``"tokens"``, ``"extra"``, ``"tune"``,
+    ``"sdpa_probe"``): the shipped H100 file of that name.
+    """
+    from ..data import data_dir
+
+    if isinstance(path, str) and path in SHIPPED:
+        path = data_dir() / "benchmarks" / SHIPPED[path]
+    p = Path(path)
+    if not p.is_file():
+        raise fail("path", str(path), f"name an existing benchmark JSON file or one of {tuple(SHIPPED)}")
+    data = json.loads(p.read_text())
+    if not isinstance(data, dict) or "device" not in data:
+        raise fail("path", str(path), "hold a JSON object with a 'device' key")
+    return _unjson(data)
+
+
+def save_result(result: Mapping[str, Any], path: Any) -> Path:
+    """Write a result as JSON (indent 1; NaN and inf as the strings "nan"/"inf"/"-inf", which
+    :func:`load_matrix` reads back); returns the path."""
+    if not isinstance(result, Mapping):
+        raise fail("result", result, "be a mapping (a benchmark or amp-matrix result)")
+    p = Path(path)
+    p.write_text(json.dumps(_json_safe(result), indent=1))
+    return p
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def is_history(result: Mapping[str, Any]) -> bool:
+    """True for a result of padlab's earlier bench harness (the shipped H100 files): its rows do not
+    say what their policy meant (no ``tf32`` key), and its names mean what this module's docstring says."""
+    rows = result.get("rows") if isinstance(result, Mapping) else None
+    if not isinstance(rows, list):
+        raise fail("result", result, "be a benchmark result with 'rows'")
+    return any("tf32" not in r for r in rows if isinstance(r, Mapping) and "precision" in r)
+
+
+def result_for_work(work: str) -> dict[str, Any]:
+    """The shipped H100 ``padlab bench`` result in equal-``work`` mode (``"tokens"`` or ``"sequences"``)."""
+    check_choice("work", work, WORK)
+    return load_result("tokens") if work == "tokens" else load_result("extra")["sequences"]
+
+
+def _rows(result_or_rows: Any) -> list[dict[str, Any]]:
+    rows = result_or_rows.get("rows") if isinstance(result_or_rows, dict) else result_or_rows
+    if not isinstance(rows, (list, tuple)) or not all(isinstance(r, dict) for r in rows):
+        raise fail("result", result_or_rows, "be a benchmark result with 'rows' or a list of row dicts")
+    return list(rows)
+
+
+def rows_where(result_or_rows: Any, **equal: Any) -> list[dict[str, Any]]:
+    """The rows whose keys equal the given values (``compiled=False`` also matches rows without the key)."""
+    out = []
+    for r in _rows(result_or_rows):
+        if all(r.get(k, False if k == "compiled" else None) == v for k, v in equal.items()):
+            out.append(r)
+    return out
+
+
+def best_row(result_or_rows: Any, *, precision: str | None = None, compiled: bool | None = None) -> dict[str, Any] | None:
+    """The row with the most real tokens per second (of ``precision`` / ``compiled`` if given); ``None`` if none."""
+    if precision is not None:
+        check_choice("precision", precision, tuple(POLICIES))
+    if compiled is not None and not isinstance(compiled, bool):
+        raise fail("compiled", compiled, "be True, False or None")
+    rows = [r for r in _rows(result_or_rows)
+            if (precision is None or r["precision"] == precision)
+            and (compiled is None or bool(r.get("compiled")) == compiled)]
+    return max(rows, key=lambda r: r["real_tokens_per_s"]) if rows else None
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """``strategy/precision``, with ``*`` for a compiled row."""
+    return f"{row['strategy']}{'*' if row.get('compiled') else ''}/{row['precision']}"
+
+
+def speedups(result_or_rows: Any, *, precision: str | None = None) -> dict[str, float]:
+    """Real tokens per second of each row over the uncompiled ``fixed``/``fp32`` row, best first.
+
+    Keys are :func:`row_label`; ``precision`` keeps only that policy's rows (the baseline is
+    always fixed/fp32).
+    """
+    rows = _rows(result_or_rows)
+    base = rows_where(rows, strategy="fixed", precision="fp32", compiled=False)
+    if not base:
+        raise fail("result", "rows without fixed/fp32", "hold an uncompiled fixed/fp32 row (the baseline)")
+    if precision is not None:
+        check_choice("precision", precision, tuple(POLICIES))
+    b = base[0]["real_tokens_per_s"]
+    chosen = [r for r in rows if precision is None or r["precision"] == precision]
+    chosen.sort(key=lambda r: -r["real_tokens_per_s"])
+    return {row_label(r): r["real_tokens_per_s"] / b for r in chosen}
+
+
+def curve_seconds(curve: dict[str, Any]) -> np.ndarray:
+    """Wall-clock seconds at the end of each step of a loss curve (its ``wall_s`` spread evenly)."""
+    n = len(curve.get("loss", ()))
+    if n == 0 or not isinstance(curve.get("wall_s"), (int, float)) or curve["wall_s"] <= 0:
+        raise fail("curve", {k: curve.get(k) for k in ("strategy", "wall_s")}, "have a non-empty 'loss' and wall_s > 0")
+    return curve["wall_s"] * np.arange(1, n + 1) / n
+
+
+def loss_at(curve: dict[str, Any], *, examples: int | None = None, seconds: float | None = None,
+            window: int = 10) -> float:
+    """Mean loss over the ``window`` steps up to the first step that reached ``examples`` examples
+    seen or ``seconds`` of wall-clock time (the curve's last step if it never did)."""
+    if (examples is None) == (seconds is None):
+        raise fail("examples", examples, "be given, or seconds, but not both")
+    window = check_int("window", window, min_value=1)
+    loss = np.asarray(curve["loss"], dtype=np.float64)
+    x = np.asarray(curve["examples_seen"]) if examples is not None else curve_seconds(curve)
+    at = examples if examples is not None else seconds
+    if not at > 0:
+        raise fail("examples" if examples is not None else "seconds", at, "be > 0")
+    i = min(int(np.searchsorted(x, at)), len(loss) - 1)
+    return float(loss[max(0, i - window + 1):i + 1].mean())
+
+
+def padded_widths(strategy: str, cfg: Any, n_steps: int | None = None) -> np.ndarray:
+    """The padded width (tokens per row) of each of the first ``n_steps`` steps of a padding strategy
+    under a :class:`~padlab.experiments.bench.BenchConfig` (the bench's own plan).
+
+    Each distinct width is a new tensor shape: kernels that plan per shape (cuDNN attention)
+    pay that planning once per width.
+    """
+    from ..data import load_corpus
+    from ..strategies import STRATEGIES
+    from .bench import BenchConfig, MaskedCorpus, plan_steps
+
+    if not isinstance(cfg, BenchConfig):
+        raise fail("cfg", cfg, "be a BenchConfig")
+    check_choice("strategy", strategy, tuple(s for s, spec in STRATEGIES.items() if not spec.packs))
+    n_steps = check_int("n_steps", n_steps if n_steps is not None else cfg.timed_steps, min_value=1)
+    corpus = load_corpus(cfg.corpus)
+    lens = np.minimum(corpus.lengths, cfg.max_length)
+    # Only the lengths matter for the plan: no masks drawn.
+    mc = MaskedCorpus(corpus, corpus.token_ids, corpus.token_ids, lens)
+    widths = []
+    for step in plan_steps(strategy, mc, cfg, n_steps)[0]:
+        w = cfg.max_length if strategy == "fixed" else int(lens[step].max())
+        if strategy == "dynamic-multiple":
+            w = min(cfg.max_length, -(-w // cfg.pad_to_multiple_of) * cfg.pad_to_multiple_of)
+        widths.append(w)
+    return np.array(widths, dtype=np.int64)
+
+
+def flop_shares(model: str, seq_lengths: Any, masked_tokens: int, max_length: int = 512) -> dict[str, float]:
+    """Shares of :func:`padlab.models.model_flops` (real work) for one step of ``seq_lengths``:
+    ``"attention"`` (``12 x layers x hidden x sum(len^2)``), ``"mlm head"`` and ``"body matmuls"``."""
+    from ..models import model_flops, parameter_counts
+    from .bench import model_config
+
+    mcfg = model_config(model, max_length)
+    lens = np.asarray(seq_lengths, dtype=np.int64)
+    total = model_flops(mcfg, int(lens.sum()), masked_tokens, lens)
+    attn = 12 * mcfg.layers * mcfg.hidden * int((lens ** 2).sum())
+    head = 6 * parameter_counts(mcfg)["mlm_head"] * masked_tokens
+    return {"attention": attn / total, "mlm head": head / total, "body matmuls": (total - attn - head) / total}
+
+
+# --------------------------------------------------------------------------- amp matrix results
+
+def _unjson(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _unjson(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_unjson(x) for x in v]
+    if v in ("nan", "inf", "-inf"):
+        return float(v)
+    return v
+
+
+def load_matrix(path: Any) -> dict[str, Any]:
+    """Read a ``benchmarks/amp_matrix.py`` JSON file; the strings "nan"/"inf"/"-inf" become floats."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise fail("path", str(path), "name an existing amp_matrix JSON file")
+    data = json.loads(p.read_text())
+    if not isinstance(data, dict) or "rows" not in data:
+        raise fail("path", str(path), "hold an object with 'rows'")
+    return _unjson(data)
+
+
+def summarize_matrix(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per (task, policy) of the train rows: the metric over seeds and what the runs did.
+
+    ``metric`` is ``accuracy`` (classification) or ``mae`` (regression, in the task's unit);
+    ``values`` lists it per seed, NaN for a run that diverged (NaN final loss or non-finite
+    predictions: a NaN model's "accuracy" is an artefact of argmax); ``mean``/``std`` are over
+    the other seeds and ``diverged`` counts the diverged ones. ``exact`` is the mean
+    ``exact_fraction`` (regression); ``skipped`` the mean number of skipped steps per run;
+    ``underflow`` / ``underflow_unscaled`` the mean per-step underflow fractions.
+    """
+    rows = [r for r in result.get("rows", []) if r.get("kind_of_row") == "train"]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["policy"]), []).append(r)
+    out = []
+    for (task, policy), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        metric = "accuracy" if rs[0]["kind"] == "classification" else "mae"
+        vals = [float(r[metric]) for r in rs]
+        bad = [not math.isfinite(v) or not math.isfinite(float(r["final_loss"])) for v, r in zip(vals, rs)]
+        ok = [v for v, b in zip(vals, bad) if not b]
+        vals = [math.nan if b else v for v, b in zip(vals, bad)]
+        row = {
+            "task": task, "policy": policy, "kind": rs[0]["kind"], "unit": rs[0].get("unit", ""),
+            "metric": metric, "values": vals, "seeds": len(rs),
+            "mean": float(np.mean(ok)) if ok else math.nan,
+            "std": float(np.std(ok)) if len(ok) > 1 else 0.0 if ok else math.nan,
+            "diverged": int(sum(bad)),
+            "skipped": float(np.mean([len(r["skipped_steps"]) for r in rs])),
+            "underflow": float(np.nanmean([float(r["underflow_mean"]) for r in rs])),
+            "underflow_unscaled": float(np.nanmean([float(r["underflow_unscaled_mean"]) for r in rs])),
+        }
+        if metric == "mae":
+            ex = [float(r["exact_fraction"]) for r, b in zip(rs, bad) if not b]
+            row["exact"] = float(np.mean(ex)) if ex else math.nan
+        out.append(row)
+    return out
+
+
+def speed_table(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per (model, policy) of the speed rows, with step time and peak memory relative to fp32."""
+    rows = [r for r in result.get("rows", []) if r.get("kind_of_row") == "speed"]
+    base = {r["model"]: r for r in rows if r["policy"] == "fp32"}
+    out = []
+    for r in rows:
+        b = base.get(r["model"])
+        mem = r.get("peak_memory_bytes")
+        out.append({
+            "model": r["model"], "policy": r["policy"], "batch_size": r["batch_size"], "length": r["length"],
+            "step_ms": float(r["step_ms_median"]),
+            "time_vs_fp32": float(r["step_ms_median"]) / float(b["step_ms_median"]) if b else math.nan,
+            "peak_mib": mem / 2**20 if mem else math.nan,
+            "memory_vs_fp32": mem / b["peak_memory_bytes"] if (mem and b and b.get("peak_memory_bytes")) else math.nan,
+        })
+    return out

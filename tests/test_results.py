@@ -1,0 +1,207 @@
+"""padlab.experiments.results: load_result, save_result, best_row, speedups, rows_where, loss_at, padded_widths,
+flop_shares, and the amp-matrix readers."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from padlab.data import load_corpus
+from padlab.experiments import results
+from padlab.experiments.bench import BenchConfig, model_config
+
+
+def _row(strategy, precision, tps, compiled=False, **kw):
+    return {"strategy": strategy, "precision": precision, "real_tokens_per_s": tps, "compiled": compiled, **kw}
+
+
+RESULT = {"device": "test", "rows": [_row("fixed", "fp32", 10.0), _row("packed", "fp32", 40.0),
+                                     _row("packed", "bf16-amp", 200.0), _row("packed", "bf16-amp", 300.0, compiled=True),
+                                     _row("fixed", "bf16-amp", 20.0)]}
+
+
+def test_speedups_by_hand_best_first():
+    assert results.speedups(RESULT) == {"packed*/bf16-amp": 30.0, "packed/bf16-amp": 20.0, "packed/fp32": 4.0,
+                                      "fixed/bf16-amp": 2.0, "fixed/fp32": 1.0}
+    assert list(results.speedups(RESULT, precision="bf16-amp")) == ["packed*/bf16-amp", "packed/bf16-amp", "fixed/bf16-amp"]
+
+
+def test_best_row_filters():
+    assert results.best_row(RESULT)["real_tokens_per_s"] == 300.0
+    assert results.best_row(RESULT, compiled=False)["real_tokens_per_s"] == 200.0
+    assert results.best_row(RESULT, precision="fp32")["strategy"] == "packed"
+    assert results.best_row(RESULT, precision="tf32") is None
+
+
+def test_readers_do_not_mutate():
+    before = copy.deepcopy(RESULT)
+    results.speedups(RESULT, precision="fp32")
+    results.best_row(RESULT)
+    results.rows_where(RESULT, strategy="packed")
+    assert RESULT == before
+
+
+def test_rows_where_compiled_false_matches_missing_key():
+    rows = [{"strategy": "a", "precision": "fp32", "real_tokens_per_s": 1.0}]
+    assert results.rows_where(rows, compiled=False) == rows
+    assert results.rows_where(rows, compiled=True) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.1, 1e6), min_size=1, max_size=8))
+def test_speedups_property_baseline_is_one_and_order_is_by_speed(tps):
+    rows = [_row("fixed", "fp32", 5.0)] + [_row(f"s{i}", "bf16-amp", t) for i, t in enumerate(tps)]
+    sp = results.speedups(rows)
+    assert sp["fixed/fp32"] == 1.0
+    vals = list(sp.values())
+    assert vals == sorted(vals, reverse=True)
+    assert len(sp) == len(rows)
+    assert results.best_row(rows)["real_tokens_per_s"] == max(tps + [5.0])
+
+
+def test_shipped_results_load_and_headline():
+    tokens = results.result_for_work("tokens")
+    best = results.best_row(tokens)
+    assert (best["strategy"], best["precision"], best["compiled"]) == ("packed-varlen", "bf16-amp", True)
+    assert results.speedups(tokens)["fixed/fp32"] == 1.0
+    assert results.result_for_work("sequences")["config"]["work"] == "sequences"
+    assert "sdpa_mask" in results.load_result("sdpa_probe")
+
+
+def test_load_result_from_path(tmp_path):
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(RESULT))
+    assert results.load_result(p) == RESULT
+
+
+def test_loss_at_by_hand():
+    curve = {"examples_seen": [10, 20, 30, 40], "loss": [4.0, 3.0, 2.0, 1.0], "wall_s": 8.0}
+    assert results.loss_at(curve, examples=20, window=2) == 3.5
+    assert results.loss_at(curve, examples=25, window=1) == 2.0
+    assert results.loss_at(curve, seconds=4.0, window=1) == 3.0      # steps end at 2, 4, 6, 8 s
+    assert results.loss_at(curve, examples=999, window=1) == 1.0     # never reached: the last step
+    np.testing.assert_allclose(results.curve_seconds(curve), [2.0, 4.0, 6.0, 8.0])
+
+
+def test_padded_widths_by_a_plain_reference():
+    """Equal sequences: the bench's dynamic steps are random batches of 32 (a seeded permutation cut
+    in 32s, epoch 0 with the seed alone), each as wide as its longest kept text."""
+    cfg = BenchConfig(work="sequences", progress=False, timed_steps=50)
+    lens = np.minimum(load_corpus("fortunes").lengths, 512)
+    perm = np.random.default_rng(0).permutation(len(lens))
+    ref = [int(lens[perm[i:i + 32]].max()) for i in range(0, 50 * 32, 32)]
+    widths = results.padded_widths("dynamic", cfg)
+    assert widths.tolist() == ref
+    mult = results.padded_widths("dynamic-multiple", cfg)
+    assert mult.tolist() == [min(512, -(-w // 64) * 64) for w in ref]
+    assert results.padded_widths("fixed", cfg).tolist() == [512] * 50
+
+
+def test_shipped_files_are_history_and_new_rows_say_what_they_ran():
+    assert results.is_history(results.result_for_work("tokens"))
+    new = {"rows": [_row("fixed", "fp32", 1.0, tf32=False, autocast_dtype=None)]}
+    assert not results.is_history(new)
+
+
+def test_save_result_round_trip(tmp_path):
+    res = {"device": "d", "rows": [_row("fixed", "fp32", 1.0, loss=float("nan"), mfu=float("inf"))]}
+    p = results.save_result(res, tmp_path / "r.json")
+    back = results.load_result(p)
+    assert np.isnan(back["rows"][0]["loss"]) and back["rows"][0]["mfu"] == float("inf")
+    assert '"nan"' in p.read_text()
+
+
+def test_flop_shares_by_hand():
+    from padlab.models import parameter_counts
+
+    mcfg = model_config("tiny", 128)
+    lens = np.array([3, 5])
+    counts = parameter_counts(mcfg)
+    attn = 12 * mcfg.layers * mcfg.hidden * (9 + 25)
+    head = 6 * counts["mlm_head"] * 2
+    body = 6 * counts["body"] * 8
+    shares = results.flop_shares("tiny", lens, 2, max_length=128)
+    total = attn + head + body
+    assert shares["attention"] == pytest.approx(attn / total)
+    assert shares["mlm head"] == pytest.approx(head / total)
+    assert sum(shares.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: results.load_result("nope.json"), "path must name an existing"),
+    (lambda: results.result_for_work("words"), "work must be one of"),
+    (lambda: results.best_row(RESULT, precision="fp8"), "precision must be one of"),
+    (lambda: results.best_row(RESULT, compiled="yes"), "compiled must be True, False or None"),
+    (lambda: results.best_row("rows"), "result must be a benchmark result"),
+    (lambda: results.speedups([_row("packed", "fp32", 1.0)]), "result must hold an uncompiled fixed/fp32 row"),
+    (lambda: results.loss_at({"loss": [1.0], "examples_seen": [1]}, examples=1, seconds=1.0), "examples must be given"),
+    (lambda: results.loss_at({"loss": [1.0], "examples_seen": [1]}, examples=0), "examples must be > 0"),
+    (lambda: results.loss_at({"loss": [1.0], "examples_seen": [1]}, examples=1, window=0), "window must be"),
+    (lambda: results.curve_seconds({"loss": [1.0], "wall_s": 0}), "curve must have"),
+    (lambda: results.padded_widths("packed", BenchConfig(progress=False)), "strategy must be one of"),
+    (lambda: results.padded_widths("dynamic", "cfg"), "cfg must be a BenchConfig"),
+    (lambda: results.save_result([1], "x.json"), "result must be a mapping"),
+    (lambda: results.padded_widths("dynamic", BenchConfig(progress=False), 0), "n_steps must be"),
+    (lambda: results.flop_shares("huge", [1], 0), "model must be one of"),
+])
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_load_result_refuses_non_result(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="path must hold a JSON object with a 'device' key"):
+        results.load_result(p)
+
+
+# ----------------------------------------------------------------------------- amp matrix results
+
+def _train_row(task, kind, policy, seed, value, loss=1.0, skipped=(), exact=None):
+    metric = "accuracy" if kind == "classification" else "mae"
+    row = {"kind_of_row": "train", "task": task, "kind": kind, "unit": "u", "policy": policy, "seed": seed,
+           metric: value, "final_loss": loss, "skipped_steps": list(skipped), "underflow_mean": 0.25,
+           "underflow_unscaled_mean": 0.5}
+    if exact is not None:
+        row["exact_fraction"] = exact
+    return row
+
+
+def test_summarize_matrix_by_hand():
+    result = {"rows": [
+        _train_row("c", "classification", "fp32", 0, 0.5), _train_row("c", "classification", "fp32", 1, 0.7),
+        _train_row("r", "regression", "fp16-pure", 0, math.inf, loss=math.nan, exact=0.0),
+        _train_row("r", "regression", "fp16-pure", 1, 2.0, skipped=(3, 4), exact=0.5),
+        {"kind_of_row": "speed", "model": "m", "policy": "fp32", "step_ms_median": 2.0, "peak_memory_bytes": 4,
+         "batch_size": 1, "length": 1},
+    ]}
+    c, r = results.summarize_matrix(result)
+    assert (c["task"], c["metric"], c["seeds"], c["diverged"]) == ("c", "accuracy", 2, 0)
+    assert c["mean"] == pytest.approx(0.6) and c["std"] == pytest.approx(0.1) and c["values"] == [0.5, 0.7]
+    assert (r["metric"], r["diverged"], r["mean"], r["std"], r["exact"], r["skipped"]) == ("mae", 1, 2.0, 0.0, 0.5, 1.0)
+    assert math.isnan(r["values"][0]) and r["values"][1] == 2.0
+    assert r["underflow"] == 0.25 and r["underflow_unscaled"] == 0.5
+
+
+def test_speed_table_and_load_matrix(tmp_path):
+    rows = [{"kind_of_row": "speed", "model": "m", "policy": p, "step_ms_median": ms, "peak_memory_bytes": mem,
+             "batch_size": 2, "length": 8} for p, ms, mem in (("fp32", 4.0, 2**21), ("bf16-amp", 2.0, 2**20))]
+    path = tmp_path / "m.json"
+    import json
+
+    path.write_text(json.dumps({"rows": rows + [{"kind_of_row": "train", "x": "nan", "y": ["inf", "-inf"]}]}))
+    loaded = results.load_matrix(path)
+    assert math.isnan(loaded["rows"][2]["x"]) and loaded["rows"][2]["y"] == [math.inf, -math.inf]
+    fp32, bf16 = results.speed_table(loaded)
+    assert (fp32["time_vs_fp32"], fp32["peak_mib"], fp32["memory_vs_fp32"]) == (1.0, 2.0, 1.0)
+    assert (bf16["step_ms"], bf16["time_vs_fp32"], bf16["peak_mib"], bf16["memory_vs_fp32"]) == (2.0, 0.5, 1.0, 0.5)
+    with pytest.raises(ValueError, match=r"path must name an existing amp_matrix JSON file; got '.*nope.json'"):
+        results.load_matrix(tmp_path / "nope.json")
+
+
