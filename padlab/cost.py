@@ -11,6 +11,7 @@ import numpy as np
 
 from ._records import FieldMapping
 from ._validate import check_choice, check_int, fail
+from .precision import POLICIES
 
 __all__ = ["BYTES_PER_ELEMENT", "PARAMETER_STORAGE", "OPTIMIZER_STATES", "SDPA_KERNELS", "ParameterMemory",
            "parameter_memory",
@@ -18,17 +19,12 @@ __all__ = ["BYTES_PER_ELEMENT", "PARAMETER_STORAGE", "OPTIMIZER_STATES", "SDPA_K
 
 #: Bytes per element of each storage precision.
 BYTES_PER_ELEMENT = {"fp64": 8, "fp32": 4, "bf16": 2, "fp16": 2}
-#: How each precision policy stores its parameters: ``(storage format, autocast half copies)``.
-#: The names are the precision policies' (fp32, tf32, fp16-amp, ...): TF32 changes how matmuls
-#: round, not what is stored; ``-amp`` keeps fp32 weights, gradients and optimizer states plus the
-#: half-precision weight copies autocast makes for the forward pass; ``-pure`` stores everything
-#: in half precision.
-# Integration note: once padlab.precision.POLICIES exists, derive this from its policies.
-PARAMETER_STORAGE: dict[str, tuple[str, bool]] = {
-    "fp32": ("fp32", False), "tf32": ("fp32", False),
-    "fp16-amp": ("fp32", True), "bf16-amp": ("fp32", True), "bf16-amp+tf32": ("fp32", True),
-    "fp16-pure": ("fp16", False), "bf16-pure": ("bf16", False),
-}
+#: How each precision policy (:data:`padlab.precision.POLICIES`) stores its parameters:
+#: ``(bytes per element of weights, gradients and optimizer state, bytes per element of the
+#: half copies autocast makes for the forward pass)``. TF32 changes how matmuls round, not what
+#: is stored; ``-amp`` keeps fp32 weights plus half copies; ``-pure`` stores everything in half.
+PARAMETER_STORAGE: dict[str, tuple[int, int]] = {
+    name: (policy.param_bytes, policy.half_copy_bytes) for name, policy in POLICIES.items()}
 #: Optimizer state tensors per trainable parameter (each as large as the parameter).
 OPTIMIZER_STATES = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
 #: aten kernels that ``torch.nn.functional.scaled_dot_product_attention`` dispatches to.
@@ -75,18 +71,17 @@ def parameter_memory(model, precision: str = "fp32", optimizer: str = "adam") ->
         raise fail("model", model, "be a torch.nn.Module")
     check_choice("precision", precision, PARAMETER_STORAGE)
     check_choice("optimizer", optimizer, OPTIMIZER_STATES)
-    storage, half_copies = PARAMETER_STORAGE[precision]
+    full, half = PARAMETER_STORAGE[precision]
     params = list(model.parameters())
     n = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
-    full = BYTES_PER_ELEMENT[storage]
     out = {
         "parameters": n,
         "trainable": trainable,
         "weights": n * full,
         "gradients": trainable * full,
         "optimizer": trainable * full * OPTIMIZER_STATES[optimizer],
-        "half_copies": trainable * BYTES_PER_ELEMENT["bf16"] if half_copies else 0,
+        "half_copies": trainable * half,
     }
     out["total"] = sum(v for k, v in out.items() if k not in ("parameters", "trainable"))
     return ParameterMemory(**out)

@@ -121,9 +121,20 @@ class PolicyCheck:
     reason: str
 
 
-def _cpu_has_native_bf16() -> bool:
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _torch_probe(names: tuple[str, ...]) -> bool:
     # Private torch helpers; absent on some builds, so failing to ask means "no".
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+    for probe in names:
         fn = getattr(torch.cpu, probe, None)
         try:
             if fn is not None and fn():
@@ -133,13 +144,24 @@ def _cpu_has_native_bf16() -> bool:
     return False
 
 
+def _cpu_has_native_bf16() -> bool:
+    return _torch_probe(("_is_amx_tile_supported", "_is_avx512_bf16_supported")) or \
+        bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def _cpu_has_native_fp16() -> bool:
+    return _torch_probe(("_is_amx_fp16_supported",)) or bool({"avx512_fp16", "amx_fp16"} & _cpu_flags())
+
+
 def check_policy(name: "str | Policy", device: "str | torch.device") -> PolicyCheck:
     """Can ``name`` run on ``device``, and is it worth it there?
 
     * a CUDA GPU below compute capability 8.0 (a T4 is 7.5) has no bf16 tensor cores: the bf16
       policies cannot run; TF32 is also an Ampere (8.0) feature, so ``tf32`` is pointless there;
-    * a CPU runs fp16 (autocast or pure) but has no fast fp16 matrix maths: it runs, pointlessly,
-      several times slower than fp32; TF32 is a GPU mode and changes nothing on a CPU;
+    * a CPU runs fp16 (autocast or pure); without AVX512-FP16 or AMX-FP16 it has no fast fp16
+      matrix maths and runs it, pointlessly, slower than fp32 (with them, fp16 may be faster: the
+      verdict follows the chip's flags, and a notebook measures it); TF32 is a GPU mode and changes
+      nothing on a CPU;
     * an Apple GPU (mps) runs fp16; padlab does not run bf16 there.
     """
     policy = get_policy(name)
@@ -171,8 +193,12 @@ def check_policy(name: "str | Policy", device: "str | torch.device") -> PolicyCh
         return PolicyCheck(True, True, "TF32 is an NVIDIA GPU matrix-unit mode; on a CPU it changes "
                                        "nothing: this runs as fp32")
     if half == torch.float16:
-        return PolicyCheck(True, True, "runs but pointless: CPUs have no fast fp16 matrix maths, so fp16 "
-                                       "is several times slower than fp32 here; use fp32 or bf16-amp on a CPU")
+        if _cpu_has_native_fp16():
+            return PolicyCheck(True, False, f"{policy.description}; this CPU has native fp16 instructions "
+                                            "(AVX512-FP16 or AMX-FP16)")
+        return PolicyCheck(True, True, "runs but pointless: without AVX512-FP16 or AMX-FP16 (as here) a CPU has "
+                                       "no fast fp16 matrix maths, so fp16 is slower than fp32; use fp32 or "
+                                       "bf16-amp on this CPU")
     if half == torch.bfloat16:
         speed = ("this CPU has native bf16 instructions" if _cpu_has_native_bf16() else
                  "without AVX512-BF16 or AMX (as here) bf16 is slower than fp32, but its numbers are the same")

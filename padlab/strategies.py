@@ -20,6 +20,8 @@ token-budget       length-sorted within pools of ``mega_batch x max_tokens`` tok
 packed             first-fit-decreasing packs of ``max_length`` tokens, ``rows`` packs a batch;
                    dense attention over each whole row (block-diagonal mask)
 packed-varlen      the same packs; attention per sequence only (a varlen kernel)
+packed-flex        the same packs as rows of static shape; FlexAttention skips the tiles where no
+                   token of a sequence meets another's (a block-sparse document mask)
 =================  ===========================================================================
 
 Each :class:`Plan` states its sorting pool (``pool_size`` in ``pool_unit``): ``None`` for random
@@ -213,6 +215,8 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
              _packer("packed", False), packs=True),
     Strategy("packed-varlen", "the same packs; attention per sequence only (varlen kernel)",
              _packer("packed-varlen", True), packs=True),
+    Strategy("packed-flex", "the same packs as static-shape rows; FlexAttention document mask (block-sparse tiles)",
+             _packer("packed-flex", True), packs=True),
 )}
 
 
@@ -283,7 +287,7 @@ _PACK = {"rows", "algorithm", "max_per_pack", "within_batch"}
 _OPTIONS: dict[str, set[str]] = {
     "fixed": set(), "dynamic": _PAD, "dynamic-multiple": _PAD, "sorted": _PAD | {"noise"},
     "bucketed": _PAD | {"mega_batch", "noise"}, "token-budget": _PAD | {"mega_batch", "noise", "max_tokens"},
-    "packed": _PACK, "packed-varlen": _PACK,
+    "packed": _PACK, "packed-varlen": _PACK, "packed-flex": _PACK,
 }
 
 

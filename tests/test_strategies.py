@@ -18,14 +18,14 @@ def _length_sets(batches):
 
 def test_every_name_in_table_order():
     assert list(STRATEGIES) == ["fixed", "dynamic", "dynamic-multiple", "sorted", "bucketed", "token-budget",
-                                "packed", "packed-varlen"]
+                                "packed", "packed-varlen", "packed-flex"]
     for name, spec in STRATEGIES.items():
         assert spec.name == name and spec.description and dataclasses.is_dataclass(spec)
         with pytest.raises(dataclasses.FrozenInstanceError):
             spec.name = "x"
         p = plan(name, L, batch_size=2, max_length=10)
         assert p.strategy == name and p.packs == spec.packs and len(p) > 0
-    assert {n for n, s in STRATEGIES.items() if s.packs} == {"packed", "packed-varlen"}
+    assert {n for n, s in STRATEGIES.items() if s.packs} == {"packed", "packed-varlen", "packed-flex"}
 
 
 def test_random_batches_are_a_seeded_permutation():
@@ -71,7 +71,7 @@ def test_token_budget_pools_and_budget():
 
 def test_packed_is_first_fit_decreasing_by_hand():
     # FFD at capacity 10 over 8,7,6,5,4,3,2,1: 8 | 7 | 6 | 5, then 4 -> 6, 3 -> 7, 2 -> 8, 1 -> 5.
-    for name, block in (("packed", False), ("packed-varlen", True)):
+    for name, block in (("packed", False), ("packed-varlen", True), ("packed-flex", True)):
         p = plan(name, L, batch_size=8, max_length=10, rows=4)
         assert len(p.batches) == 1 and p.block_diagonal is block and p.pool_size is None
         assert _length_sets(p.batches[0]) == [(1, 5), (2, 8), (3, 7), (4, 6)]
