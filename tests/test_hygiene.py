@@ -16,6 +16,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from notebook_outputs import WIDGET_TEXT, WIDGET_VIEW, stale_output_problems, tidy
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 ALL = sorted(p for p in NOTEBOOKS.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
@@ -280,7 +282,7 @@ def kernel_problems(nb: dict) -> list[str]:
 
 @pytest.mark.parametrize("path", ALL, ids=_rel)
 @pytest.mark.parametrize("check", [execution_problems, output_problems, widget_state_problems, path_problems,
-                                   download_problems, marker_problems, kernel_problems],
+                                   download_problems, marker_problems, kernel_problems, stale_output_problems],
                          ids=lambda f: f.__name__.removesuffix("_problems"))
 def test_notebook(check, path):
     assert check(_load(path)) == []
@@ -446,6 +448,27 @@ def test_marker_check():
     many = [_cell("# NBVAL_IGNORE_OUTPUT\n# Why: t", i) for i in range(1, MAX_IGNORED_CELLS + 2)]
     assert marker_problems(_nb(*many)) == [f"{MAX_IGNORED_CELLS + 1} cells are exempt from nbval's comparison "
                                            f"(at most {MAX_IGNORED_CELLS})"]
+
+
+def test_stale_output_check():
+    widget = {"output_type": "display_data", "data": {
+        WIDGET_VIEW: {"model_id": "aa11", "version_major": 2, "version_minor": 0},
+        "text/plain": "VBox(children=(HBox(children=(Dropdown(description='corpus', options=('a', 'b'), value='a…"}}
+    nb = _nb(_cell("w", 1, [widget]), _cell("train()", 2, [_stream("fp32:   0%|          | 0/100 [00:00<?, ?it/s]")]))
+    problems = stale_output_problems(nb)
+    assert len(problems) == 2 and "widget repr" in problems[0] and "progress bar" in problems[1], problems
+    assert tidy(nb) == 1 and widget["data"]["text/plain"] == WIDGET_TEXT and tidy(nb) == 0
+    assert stale_output_problems(nb) == [problems[1]]
+    assert stale_output_problems(_nb(_cell("print(x)", 1, [_stream("efficiency 45.0% | 78.1%\n")]))) == []
+
+
+def test_sanitize_maps_a_fresh_widget_repr_to_the_stored_text():
+    cfg = (REPO / "tests" / "nbval_sanitize.cfg").read_text(encoding="utf-8")
+    rules = re.findall(r"^regex: (.*)$\n^replace: (.*)$", cfg, flags=re.MULTILINE)    # as nbval reads it
+    fresh = "VBox(children=(HBox(children=(Dropdown(description='corpus', index=1, options=('w',\n 'f'), value='…"
+    for regex, replace in rules:
+        fresh = re.sub(regex, replace, fresh)
+    assert fresh == WIDGET_TEXT
 
 
 def test_kernel_check():
