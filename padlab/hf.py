@@ -33,6 +33,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from .attention import dense_document_mask, document_mask_mod
 from ._validate import PadlabError, check_bool, check_choice, check_float, check_int, fail
 
 __all__ = ["ATTENTION_MODES", "PaddingFreeCollator", "additive_document_mask", "additive_mask", "document_block_mask",
@@ -55,20 +56,24 @@ def _seq_ids(cu: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.repeat(np.arange(lens.size), lens))
 
 
-def additive_document_mask(seq_lengths: Sequence[int] | torch.Tensor, *, causal: bool = True,
-                           dtype: torch.dtype = torch.float32, device: Any = None) -> torch.Tensor:
-    """``1 x 1 x T x T`` float mask for a row of sequences of ``seq_lengths``: 0 where a query may
-    attend a key (same sequence, and not later when ``causal``), ``torch.finfo(dtype).min`` elsewhere."""
+def _row_seq_ids(seq_lengths: Sequence[int] | torch.Tensor, device: Any) -> torch.Tensor:
     lens = _ids("seq_lengths", seq_lengths)
     if lens.min() < 1:
         raise fail("seq_lengths", seq_lengths, "hold lengths >= 1")
-    seq = torch.from_numpy(np.repeat(np.arange(lens.size), lens)).to(device)
-    allowed = seq[:, None] == seq[None, :]
-    if causal:
-        allowed = allowed & torch.ones_like(allowed).tril()
+    return torch.from_numpy(np.repeat(np.arange(lens.size), lens))[None].to(device)
+
+
+def additive_document_mask(seq_lengths: Sequence[int] | torch.Tensor, *, causal: bool = True,
+                           dtype: torch.dtype = torch.float32, device: Any = None) -> torch.Tensor:
+    """``1 x 1 x T x T`` float mask for a row of sequences of ``seq_lengths``: 0 where a query may
+    attend a key (same sequence, and not later when ``causal``), ``torch.finfo(dtype).min`` elsewhere.
+
+    The rule is :func:`padlab.attention.document_mask_mod`'s; additive because eager attention
+    misreads a boolean 4-D mask."""
+    allowed = dense_document_mask(_row_seq_ids(seq_lengths, device), causal=causal)
     out = torch.zeros(allowed.shape, dtype=dtype, device=device)
     out.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return out[None, None]
+    return out[:, None]
 
 
 def additive_mask(allowed: torch.Tensor, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -87,20 +92,13 @@ def additive_mask(allowed: torch.Tensor, *, dtype: torch.dtype = torch.float32) 
 
 
 def document_block_mask(seq_lengths: Sequence[int] | torch.Tensor, *, causal: bool = True, device: Any = "cpu"):
-    """A FlexAttention ``BlockMask`` (batch 1, every head) for a row of sequences of ``seq_lengths``."""
+    """A FlexAttention ``BlockMask`` (batch 1, every head) for a row of sequences of ``seq_lengths``
+    (any total length), from :func:`padlab.attention.document_mask_mod`."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    lens = _ids("seq_lengths", seq_lengths)
-    if lens.min() < 1:
-        raise fail("seq_lengths", seq_lengths, "hold lengths >= 1")
-    seq = torch.from_numpy(np.repeat(np.arange(lens.size), lens)).to(device)
-
-    def mask_mod(b, h, q, k):
-        same = seq[q] == seq[k]
-        return same & (q >= k) if causal else same
-
-    T = int(lens.sum())
-    return create_block_mask(mask_mod, B=1, H=None, Q_LEN=T, KV_LEN=T, device=device)
+    seq = _row_seq_ids(seq_lengths, device)
+    T = seq.shape[1]
+    return create_block_mask(document_mask_mod(seq, causal=causal), B=1, H=None, Q_LEN=T, KV_LEN=T, device=device)
 
 
 class PaddingFreeCollator:

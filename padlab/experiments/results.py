@@ -34,21 +34,22 @@ from .._validate import check_choice, check_int, fail
 from ..precision import POLICIES
 
 __all__ = ["SHIPPED", "WORK", "load_result", "save_result", "is_history", "result_for_work", "rows_where", "best_row",
-           "row_label", "speedups", "curve_seconds", "loss_at",
+           "row_label", "speedups", "curve_seconds", "loss_at", "time_to_loss",
            "load_matrix", "summarize_matrix", "speed_table"]
 
 WORK = ("tokens", "sequences")
 
 #: The shipped reference results (``data/benchmarks/``), by what they hold.
 SHIPPED = {"tokens": "bench_h100_tokens.json", "extra": "bench_h100_extra.json",
-           "tune": "bench_h100_tune.json", "sdpa_probe": "h100_sdpa_probe.json"}
+           "tune": "bench_h100_tune.json", "sdpa_probe": "h100_sdpa_probe.json",
+           "h200": "bench_h200.json"}
 
 
 def load_result(path: Any) -> dict[str, Any]:
     """Read a benchmark JSON file (a ``padlab bench`` result or one of the reference files).
 
     ``path`` may also be a key of :data:`SHIPPED` (``"tokens"``, ``"extra"``, ``"tune"``,
-    ``"sdpa_probe"``): the shipped H100 file of that name.
+    ``"sdpa_probe"``: the shipped H100 files, history; ``"h200"``: the H200 reference run).
     """
     from ..data import data_dir
 
@@ -150,8 +151,11 @@ def speedups(result_or_rows: Any, *, precision: str | None = None) -> dict[str, 
 
 
 def curve_seconds(curve: dict[str, Any]) -> np.ndarray:
-    """Wall-clock seconds at the end of each step of a loss curve (its ``wall_s`` spread evenly)."""
+    """Seconds at the end of each step of a loss curve: its own step times (``step_ms``) summed
+    where it has them, else its ``wall_s`` spread evenly (older results)."""
     n = len(curve.get("loss", ()))
+    if curve.get("step_ms") is not None and len(curve["step_ms"]) == n and n:
+        return np.cumsum(np.asarray(curve["step_ms"], dtype=np.float64)) / 1e3
     if n == 0 or not isinstance(curve.get("wall_s"), (int, float)) or curve["wall_s"] <= 0:
         raise fail("curve", {k: curve.get(k) for k in ("strategy", "wall_s")}, "have a non-empty 'loss' and wall_s > 0")
     return curve["wall_s"] * np.arange(1, n + 1) / n
@@ -171,6 +175,37 @@ def loss_at(curve: dict[str, Any], *, examples: int | None = None, seconds: floa
         raise fail("examples" if examples is not None else "seconds", at, "be > 0")
     i = min(int(np.searchsorted(x, at)), len(loss) - 1)
     return float(loss[max(0, i - window + 1):i + 1].mean())
+
+
+def time_to_loss(baseline: dict[str, Any], best: dict[str, Any], *, window: int = 5) -> dict[str, Any]:
+    """Seconds for each of two loss curves over the same number of steps to reach the baseline's
+    final loss: the mean of its last ``window`` losses; a curve reaches it at the first step whose
+    ``window``-step running mean is at or below it. ``seconds`` counts every step trained so far
+    (compilation, in a compiled curve's first step, included); ``seconds_after_first_step``
+    leaves the first step out. ``ratio``: baseline seconds over best seconds (``None`` where the
+    best never got there)."""
+    window = check_int("window", window, min_value=1)
+    if len(baseline.get("loss", ())) != len(best.get("loss", ())) or len(baseline["loss"]) < window:
+        raise fail("best", len(best.get("loss", ())), f"have as many steps as the baseline ({len(baseline.get('loss', ()))}), "
+                   f"at least window={window}")
+    target = float(np.mean(baseline["loss"][-window:]))
+
+    def reach(curve: dict[str, Any]) -> dict[str, Any]:
+        loss = np.asarray(curve["loss"], dtype=np.float64)
+        run = np.convolve(loss, np.ones(window), "full")[:len(loss)] / np.minimum(np.arange(1, len(loss) + 1), window)
+        sec = curve_seconds(curve)
+        hit = np.flatnonzero(run <= target)
+        i = int(hit[0]) if hit.size else None
+        return {"strategy": curve.get("strategy"), "precision": curve.get("precision"), "compiled": curve.get("compiled"),
+                "step": i, "seconds": float(sec[i]) if i is not None else None,
+                "seconds_after_first_step": float(sec[i] - sec[0]) if i is not None else None}
+
+    out: dict[str, Any] = {"target_loss": target, "window": window, "steps": len(baseline["loss"]),
+                           "baseline": reach(baseline), "best": reach(best)}
+    for key, field in (("ratio", "seconds"), ("ratio_after_first_step", "seconds_after_first_step")):
+        b, t = out["baseline"][field], out["best"][field]
+        out[key] = b / t if b and t else None
+    return out
 
 
 # --------------------------------------------------------------------------- amp matrix results
