@@ -26,7 +26,9 @@ by length against the caller's order. The JSON holds the device, torch and trans
 the date and the command. Model FLOPs per step: ``6 * params * real tokens`` plus causal attention,
 ``6 * layers * hidden * sum(len^2)`` (``sum(len^2)`` over the attention spans each row computes).
 
-    python benchmarks/h200_decoder.py --out data/benchmarks/h200_decoder.json       # on the H200
+    python benchmarks/h200_decoder.py --compile both --peak-tflops 989.4 \
+        --out data/benchmarks/h200_decoder.json --png data/benchmarks/h200_decoder.png \
+        2>&1 | tee data/benchmarks/h200_decoder.log                                  # on the H200
     python benchmarks/h200_decoder.py --quick                                         # CPU, seconds
 """
 from __future__ import annotations
@@ -218,6 +220,21 @@ def compare(rows) -> dict:
     return {"best_padlab": label["padlab"], "best_hf": label["hf"], "padlab_over_best_hf": ratio}
 
 
+def draw(result: dict, path: str) -> None:
+    """Real tokens/s of every row over the eager fixed-padding row (one bar per row, log scale)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from padlab import viz
+    rows = [r for r in result["rows"] if "error" not in r]
+    base = next(r for r in rows if r["strategy"] == "fixed" and not r["compiled"])["real_tokens_per_s"]
+    ratios = {r["strategy"] + (" [compiled]" if r["compiled"] else ""): r["real_tokens_per_s"] / base for r in rows}
+    fig = viz.speedup_bars(ratios, highlight=result["best_padlab"],
+                           title=f"Decoder SFT on {result['device']}: real tokens/s over fixed padding "
+                                 f"({result['config']['model']}, {result['config']['policy']})")
+    fig.axes[0].set_xlabel("real tokens/s relative to fixed padding (log scale)")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
 def generation_rows(init, pairs, args, dev):
     model = copy.deepcopy(init).to(dev)
     if dev.type == "cuda" and "bf16" in args.policy:
@@ -263,6 +280,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--examples", type=int, default=None, help="sample this many pairs (default all; 2000 quick)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the JSON here (default: print it)")
+    ap.add_argument("--png", default=None, help="draw real tokens/s relative to fixed padding, per row, here")
     args = ap.parse_args(argv)
     q = args.quick
     args.device = args.device or ("cpu" if q else "auto")
@@ -349,6 +367,9 @@ def main(argv=None) -> dict:
     if args.out:
         save_result(result, args.out)
         log(f"wrote {args.out}")
+    if args.png:
+        draw(result, args.png)
+        log(f"wrote {args.png}")
     else:
         print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "generation", "oracle")}, indent=1,
                          default=str))

@@ -19,7 +19,9 @@ def test_quick_run_has_every_row(tmp_path):
     spec.loader.exec_module(mod)
     out = tmp_path / "decoder.json"
     mod.main(["--quick", "--examples", "300", "--steps", "1", "--warmup", "0", "--gen-prompts", "4",
-              "--gen-batch-sizes", "1,2", "--gen-new-tokens", "2", "--out", str(out)])
+              "--gen-batch-sizes", "1,2", "--gen-new-tokens", "2", "--out", str(out),
+              "--png", str(tmp_path / "decoder.png")])
+    assert (tmp_path / "decoder.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads(out.read_text())
     assert {"device", "torch", "transformers", "date", "command", "config"} <= set(result)
     assert result["complete"] and "decoder" in result["name"]
