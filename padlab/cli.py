@@ -1,4 +1,4 @@
-"""The ``padlab`` command: ``padlab waste``, ``padlab floats``, ``padlab bench``."""
+"""The ``padlab`` command: ``padlab waste``, ``padlab audit``, ``padlab floats``, ``padlab bench``."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,67 @@ def _add_waste(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=_cmd_waste)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import audit, tokenizer_note
+
+    result = audit(args.file, field=args.field, tokenizer=args.tokenizer, fmt=args.format,
+                   max_length=args.max_length, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                   limit=args.limit, strict=args.strict, target_efficiency=args.target_efficiency,
+                   seed=args.seed, progress=not args.no_progress and not args.json)
+    if args.report:
+        from .report import write_audit_report
+
+        write_audit_report(result, args.report)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return 0
+    print(f"{result.source}: {result.documents} documents ({result.skipped} skipped), "
+          f"{result.tokens} tokens kept at max_length {result.max_length}, {result.truncated_tokens} truncated")
+    for reason in result.skip_reasons:
+        print(f"  skipped: {reason}")
+    print(tokenizer_note(result))
+    print("lengths: " + ", ".join(f"{k} {v}" for k, v in result.length_percentiles.items()))
+    head = f"{'strategy':<13}{'batches':>8}{'real':>11}{'padded':>11}{'efficiency':>11}{'attn eff':>10}{'truncated':>10}"
+    print(head)
+    for r in result.strategies:
+        print(f"{r['strategy']:<13}{r['batches']:>8}{r['real_tokens']:>11}{r['padded_tokens']:>11}"
+              f"{r['efficiency']:>10.1%}{r['attention_efficiency']:>10.1%}{r['truncated_tokens']:>10}")
+    rec = result.recommendation
+    print(f"recommendation: {rec.strategy} (expected efficiency {rec.efficiency:.1%}); settings: "
+          + ", ".join(f"{k}={v}" for k, v in rec.settings.items()))
+    print(rec.why)
+    if args.report:
+        print(f"wrote {args.report}")
+    return 0
+
+
+def _add_audit(sub) -> None:
+    p = sub.add_parser("audit", help="padding waste and a batching recommendation for your own dataset",
+                       description="Tokenize FILE (JSON Lines, CSV/TSV, text, a folder of .txt, Parquet or a "
+                                   "datasets save_to_disk folder), measure each batching strategy's waste and "
+                                   "recommend one. The file is only read.")
+    p.add_argument("file", help="the dataset: a file, a folder of .txt files or a datasets folder")
+    p.add_argument("--field", default="text", help="JSON key or CSV/Parquet column holding the text "
+                   "(or a list of chat messages); default: text")
+    p.add_argument("--format", default=None, choices=("jsonl", "csv", "tsv", "txt", "txt-folder", "parquet",
+                                                      "datasets"), help="default: from the file name")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="a tokenizer.json or a folder holding one (default: padlab's shipped tokenizer)")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=None, help="token budget of the token-budget row")
+    p.add_argument("--target-efficiency", type=float, default=0.9,
+                   help="efficiency the recommended bucketing setting must reach (default 0.9)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="read at most N documents")
+    p.add_argument("--strict", action="store_true", help="fail on the first unreadable document instead of "
+                   "skipping and counting it")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--report", metavar="PATH.html", help="write a self-contained HTML page with the plots")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_audit)
 
 
 def _json_number(v):
@@ -153,7 +214,7 @@ def _add_bench(sub) -> None:
 
 
 # Sub-commands register here; each module's command lives in its own _add_* function.
-_ADDERS = [_add_waste, _add_bench, _add_floats]
+_ADDERS = [_add_waste, _add_audit, _add_bench, _add_floats]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

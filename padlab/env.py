@@ -5,7 +5,6 @@ Every notebook's set-up cell calls :func:`setup`, so a learner on a laptop CPU, 
 """
 from __future__ import annotations
 
-import os
 import platform
 import random
 from dataclasses import asdict, dataclass
@@ -94,14 +93,15 @@ def seed_everything(seed: int = 0) -> None:
 def setup(seed: int = 0, threads: int | None = 2, prefer: str = "auto") -> DeviceInfo:
     """A notebook's first call: seeds, a fixed CPU thread count (so results repeat), plot style.
 
-    ``threads`` fixes torch's intra-op threads: stored notebook outputs are made with 2, and
-    float sums can differ in the last bits with another count.
+    ``threads`` fixes torch's intra-op threads (``torch.set_num_threads``; the returned
+    :class:`DeviceInfo` records the count in force): float sums can differ in the last bits with
+    another count. ``OMP_NUM_THREADS`` is read when torch starts, so setting it here would change
+    nothing and is not done.
     """
     seed_everything(seed)
     if threads is not None:
         threads = check_int("threads", threads, min_value=1)
         torch.set_num_threads(threads)
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     import matplotlib
 
     matplotlib.rcParams.update({"figure.dpi": 90, "axes.grid": True, "grid.alpha": 0.3})

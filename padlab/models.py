@@ -4,7 +4,9 @@ One model serves three uses:
 
 * **padded batches** (``attention_mask``, optional ``position_ids``), left or right padded;
 * **packed rows** (``block_mask``, restarting ``position_ids``), several sequences per row with
-  no attention across sequences;
+  no attention across sequences: a dense bool mask (SDPA) or a FlexAttention ``BlockMask``
+  from :func:`padlab.attention.document_block_mask` (the ``packed-flex`` path; build it once
+  per step outside a compiled model and pass it in: every layer shares it);
 * **padding-free (varlen) batches**: a ``torch.nested`` jagged tensor of ids, or flat ids with
   ``cu_seqlens`` offsets, running SDPA on nested tensors where the installed torch supports it
   (see :func:`nested_supported`).
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._validate import check_choice, check_float, check_int, fail
+from .attention import flex_attend, is_block_mask
 from .data import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID
 
 IGNORE_INDEX = -100
@@ -209,11 +212,16 @@ class EncoderLayer(nn.Module):
         self.ff2 = nn.Linear(config.ffn, h)
         self.drop = nn.Dropout(config.dropout)
 
-    def _attend_padded(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    def _attend_padded(self, q: Tensor, k: Tensor, v: Tensor, mask: Any) -> Tensor:
         b, n, h = q.shape
         q, k, v = (t.reshape(b, n, self.heads, h // self.heads).transpose(1, 2) for t in (q, k, v))
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if is_block_mask(mask):  # packed-flex: FlexAttention skips the tiles no query may see
+            if self.training and self.dropout > 0:
+                raise fail("dropout", self.dropout, "be 0 with a FlexAttention BlockMask (flex has no dropout)")
+            o = flex_attend(q, k, v, mask)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               dropout_p=self.dropout if self.training else 0.0)
         return o.transpose(1, 2).reshape(b, n, h)
 
     def _attend_varlen(self, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor,
@@ -302,7 +310,8 @@ class Encoder(nn.Module):
 
         * padded / packed: ``input_ids`` ``(B, L)``, ``attention_mask`` ``(B, L)`` 0/1,
           ``position_ids`` ``(B, L)`` or ``(L,)`` (default ``arange(L)``), ``block_mask``
-          ``(B, L, L)`` bool (``True`` = may attend) -> ``(B, L, H)``, zeros at padding;
+          ``(B, L, L)`` bool (``True`` = may attend) or a FlexAttention ``BlockMask``
+          ``(B, 1, L, L)`` -> ``(B, L, H)``, zeros at padding;
         * varlen: flat ``input_ids`` ``(T,)`` with ``cu_seqlens`` ``(N+1,)`` offsets (positions
           restart per sequence) -> ``(T, H)``;
         * nested: a jagged ``torch.nested`` tensor of ids ``(N, j)`` -> jagged ``(N, j, H)``.
@@ -317,7 +326,9 @@ class Encoder(nn.Module):
         b, n = input_ids.shape
         if attention_mask is not None and tuple(attention_mask.shape) != (b, n):
             raise fail("attention_mask", tuple(attention_mask.shape), f"have the shape of input_ids {(b, n)}")
-        if block_mask is not None and tuple(block_mask.shape) != (b, n, n):
+        flex = is_block_mask(block_mask)  # a FlexAttention BlockMask (padlab.attention) or a dense bool mask
+        if block_mask is not None and tuple(block_mask.shape[-2:] if flex else block_mask.shape) != \
+                ((n, n) if flex else (b, n, n)) or (flex and block_mask.shape[0] not in (1, b)):
             raise fail("block_mask", tuple(block_mask.shape), f"have shape {(b, n, n)}")
         if position_ids is None:
             if n > self.config.max_position:
@@ -326,7 +337,7 @@ class Encoder(nn.Module):
             position_ids = torch.arange(n, device=input_ids.device)
         elif tuple(position_ids.shape) not in ((b, n), (n,)):
             raise fail("position_ids", tuple(position_ids.shape), f"have shape {(b, n)} or {(n,)}")
-        mask = sdpa_mask(attention_mask, block_mask)
+        mask = block_mask if flex else sdpa_mask(attention_mask, block_mask)
         x = self.drop(self.tok_emb(input_ids) + self.pos_emb(position_ids))
         for layer in self.layers:
             x = layer(x, mask)

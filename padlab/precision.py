@@ -40,7 +40,7 @@ import copy
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -49,7 +49,7 @@ from ._validate import check_choice, fail
 from .env import resolve_device
 
 __all__ = [
-    "POLICIES", "Policy", "PolicyCheck", "PolicyWarning", "Prepared",
+    "POLICIES", "Policy", "PolicyCheck", "PolicyWarning", "Prepared", "AdamEpsCheck", "adam_eps_check",
     "get_policy", "check_policy", "prepare", "tf32_mode", "tf32_context", "fp32_precision_state", "autocast_context", "default_optimizer",
 ]
 
@@ -121,9 +121,20 @@ class PolicyCheck:
     reason: str
 
 
-def _cpu_has_native_bf16() -> bool:
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _torch_probe(names: tuple[str, ...]) -> bool:
     # Private torch helpers; absent on some builds, so failing to ask means "no".
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+    for probe in names:
         fn = getattr(torch.cpu, probe, None)
         try:
             if fn is not None and fn():
@@ -133,13 +144,24 @@ def _cpu_has_native_bf16() -> bool:
     return False
 
 
+def _cpu_has_native_bf16() -> bool:
+    return _torch_probe(("_is_amx_tile_supported", "_is_avx512_bf16_supported")) or \
+        bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def _cpu_has_native_fp16() -> bool:
+    return _torch_probe(("_is_amx_fp16_supported",)) or bool({"avx512_fp16", "amx_fp16"} & _cpu_flags())
+
+
 def check_policy(name: "str | Policy", device: "str | torch.device") -> PolicyCheck:
     """Can ``name`` run on ``device``, and is it worth it there?
 
     * a CUDA GPU below compute capability 8.0 (a T4 is 7.5) has no bf16 tensor cores: the bf16
       policies cannot run; TF32 is also an Ampere (8.0) feature, so ``tf32`` is pointless there;
-    * a CPU runs fp16 (autocast or pure) but has no fast fp16 matrix maths: it runs, pointlessly,
-      several times slower than fp32; TF32 is a GPU mode and changes nothing on a CPU;
+    * a CPU runs fp16 (autocast or pure); without AVX512-FP16 or AMX-FP16 it has no fast fp16
+      matrix maths and runs it, pointlessly, slower than fp32 (with them, fp16 may be faster: the
+      verdict follows the chip's flags, and a notebook measures it); TF32 is a GPU mode and changes
+      nothing on a CPU;
     * an Apple GPU (mps) runs fp16; padlab does not run bf16 there.
     """
     policy = get_policy(name)
@@ -171,8 +193,12 @@ def check_policy(name: "str | Policy", device: "str | torch.device") -> PolicyCh
         return PolicyCheck(True, True, "TF32 is an NVIDIA GPU matrix-unit mode; on a CPU it changes "
                                        "nothing: this runs as fp32")
     if half == torch.float16:
-        return PolicyCheck(True, True, "runs but pointless: CPUs have no fast fp16 matrix maths, so fp16 "
-                                       "is several times slower than fp32 here; use fp32 or bf16-amp on a CPU")
+        if _cpu_has_native_fp16():
+            return PolicyCheck(True, False, f"{policy.description}; this CPU has native fp16 instructions "
+                                            "(AVX512-FP16 or AMX-FP16)")
+        return PolicyCheck(True, True, "runs but pointless: without AVX512-FP16 or AMX-FP16 (as here) a CPU has "
+                                       "no fast fp16 matrix maths, so fp16 is slower than fp32; use fp32 or "
+                                       "bf16-amp on this CPU")
     if half == torch.bfloat16:
         speed = ("this CPU has native bf16 instructions" if _cpu_has_native_bf16() else
                  "without AVX512-BF16 or AMX (as here) bf16 is slower than fp32, but its numbers are the same")
@@ -322,3 +348,56 @@ def prepare(model: nn.Module, optimizer_factory: "Callable[[Iterable[nn.Paramete
     scaler = torch.amp.GradScaler(dev.type) if policy.grad_scaler else None
     return Prepared(copy_, optimizer, scaler, policy, dev, check)
 
+
+
+class AdamEpsCheck(NamedTuple):
+    """What Adam's ``eps`` becomes in a storage dtype, and one real ``torch.optim.Adam`` step there.
+
+    ``eps_stored``: ``eps`` rounded to ``dtype`` (0.0 when it flushes to zero). The step starts a
+    one-element parameter at ``start`` with gradient ``grad``: ``grad_squared`` is ``grad**2`` as
+    ``dtype`` holds it (Adam's second moment); ``update`` the change of the parameter (an fp32 Adam
+    moves it by about ``lr``, whatever the gradient's size); ``finite``: the parameter is still finite.
+    """
+
+    dtype: str
+    eps: float
+    eps_stored: float
+    eps_is_zero: bool
+    grad: float
+    grad_squared: float
+    update: float
+    finite: bool
+
+
+def adam_eps_check(dtype: "str | torch.dtype" = "fp16", *, eps: float = 1e-8, grad: float = 1e-4,
+                   lr: float = 1e-3, start: float = 1.0) -> AdamEpsCheck:
+    """Measure why pure half precision breaks Adam: ``eps`` and ``grad**2`` in ``dtype``, and one step.
+
+    In float16 the default ``eps=1e-8`` is below the smallest subnormal (about 6e-8) and rounds to
+    0, and a gradient of 1e-4 has a square (1e-8) that rounds to 0 too: Adam's update
+    ``m / (sqrt(v) + eps)`` divides by zero and the weight becomes inf (NaN for a zero gradient).
+    float32 moves the weight by about ``lr``. bfloat16 keeps ``eps`` and ``grad**2`` (its range
+    reaches 1e-38) but loses the update itself: ``1.0 - 1e-3`` rounds back to 1.0 (its spacing
+    just below 1 is 2**-8), so ``update`` is 0 there: pure bf16 stalls where pure fp16 blows up. ``dtype`` is
+    ``"fp16"``, ``"bf16"``, ``"fp32"`` or a torch dtype; runs ``torch.optim.Adam`` on the CPU.
+    """
+    from ._validate import check_float
+
+    names = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    if isinstance(dtype, torch.dtype):
+        check_choice("dtype", dtype, list(names.values()))
+    else:
+        dtype = names[check_choice("dtype", dtype, names)]
+    eps = check_float("eps", eps, min_value=0.0)
+    grad = check_float("grad", grad)
+    lr = check_float("lr", lr, min_value=0.0, min_inclusive=False)
+    start = check_float("start", start)
+    p = torch.nn.Parameter(torch.tensor([start], dtype=dtype))
+    opt = torch.optim.Adam([p], lr=lr, eps=eps, foreach=False)
+    p.grad = torch.tensor([grad], dtype=dtype)
+    opt.step()
+    stored = float(torch.tensor(eps, dtype=dtype))
+    name = next(k for k, v in names.items() if v == dtype)
+    return AdamEpsCheck(name, eps, stored, stored == 0.0, float(p.grad[0]),
+                        float((p.grad * p.grad)[0]), float(p.detach()[0].float() - start),
+                        bool(torch.isfinite(p.detach()).all()))

@@ -12,7 +12,9 @@ who calls ``set_epoch``:
   :func:`train_loop` calls ``set_epoch`` (copy it: it is the whole recipe);
 * Hugging Face ``transformers.Trainer``: :func:`hf_trainer_with_bucketing` returns a Trainer
   whose ``get_train_dataloader`` builds the loader (rank and world size from the Trainer's
-  arguments); the Trainer calls ``set_epoch`` through accelerate;
+  arguments); the Trainer calls ``set_epoch`` through accelerate. With ``padding_free=True`` or
+  ``capacity=`` a causal LM trains on unpadded rows in transformers' padding-free format
+  (:class:`padlab.hf.PaddingFreeCollator`), called with ``use_cache=False``;
 * Lightning: :func:`lightning_datamodule` returns a ``LightningDataModule``; Lightning calls
   ``set_epoch`` on ``dataloader.batch_sampler.sampler`` only, so the sampler is wrapped in
   :class:`EpochForwarding`. Build the Trainer with ``use_distributed_sampler=False``: the
@@ -281,8 +283,10 @@ def _bucketing_trainer_class():
         """A ``transformers.Trainer`` whose training batches come from a padlab sampler."""
 
         def __init__(self, *args: Any, padlab_lengths: np.ndarray, padlab_batch_size: int | None,
-                     padlab_max_tokens: int | None, padlab_options: dict[str, Any], **kwargs: Any) -> None:
+                     padlab_max_tokens: int | None, padlab_options: dict[str, Any], padlab_padding_free: bool = False,
+                     **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            self.padlab_padding_free = padlab_padding_free
             self.padlab_lengths = padlab_lengths
             self.padlab_batch_size = padlab_batch_size
             self.padlab_max_tokens = padlab_max_tokens
@@ -310,14 +314,23 @@ def _bucketing_trainer_class():
                 shard.num_processes, shard.process_index = 1, 0
             return loader
 
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # Padding-free rows carry no attention mask: transformers then finds the sequences from
+            # position_ids, but only when no cache is built, and causal LMs build one by default.
+            if self.padlab_padding_free:
+                inputs = {**inputs, "use_cache": False}
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
     return BucketingTrainer
 
 
 def hf_trainer_with_bucketing(model: nn.Module, args: Any, train_dataset: Any, lengths: Any, *,
                               batch_size: int | None = None, max_tokens: int | None = None,
                               max_length: int | None = None, collator: Callable | None = None,
-                              mega_batch: int | None = 50, noise: float = 0.0, **trainer_kwargs: Any) -> Any:
-    """A ``transformers.Trainer`` that trains on bucketed (or token-budget) batches.
+                              mega_batch: int | None = 50, noise: float = 0.0, padding_free: bool = False,
+                              capacity: int | None = None, **trainer_kwargs: Any) -> Any:
+    """A ``transformers.Trainer`` that trains on bucketed, token-budget or packed batches.
 
     ``model`` is a Hugging Face model, or a padlab encoder (anything that is not a
     ``transformers.PreTrainedModel``), which is wrapped in :class:`HFAdapter`; as with any
@@ -329,6 +342,17 @@ def hf_trainer_with_bucketing(model: nn.Module, args: Any, train_dataset: Any, l
     the world size from ``args``; accelerate calls its ``set_epoch`` each epoch. Batches are
     collated by ``ModelInputs(collator)`` (default ``PaddingCollator(max_length=max_length)``),
     so the model receives ``input_ids``, ``attention_mask``, ``position_ids`` and ``labels``.
+
+    ``padding_free=True`` (a transformers causal LM only): each step's examples are concatenated
+    into one unpadded row by :class:`padlab.hf.PaddingFreeCollator` (transformers' padding-free
+    format, labels ``-100`` at each sequence's first token), and the model is called with
+    ``use_cache=False``, without which transformers would let the sequences attend to each other.
+    ``capacity`` (implies ``padding_free``): the examples are first packed (first-fit decreasing,
+    :func:`padlab.packing.pack`) into packs of at most ``capacity`` tokens, and each step takes
+    ``batch_size`` packs in a seeded random order (new each epoch). Either way the Trainer divides
+    the summed token loss by the number of target tokens in the whole step (``num_items_in_batch``,
+    gradient accumulation included), so every token weighs the same however the rows were cut.
+
     Evaluation keeps the Trainer's own loaders (with the same collator). ``trainer_kwargs`` go
     to ``Trainer`` (``eval_dataset``, ``callbacks``, ...). Needs ``transformers`` and ``accelerate``.
     """
@@ -342,6 +366,12 @@ def hf_trainer_with_bucketing(model: nn.Module, args: Any, train_dataset: Any, l
     max_tokens = check_int("max_tokens", max_tokens, min_value=1, allow_none=True)
     if collator is not None and not callable(collator):
         raise fail("collator", collator, "be a callable collate_fn")
+    if not isinstance(padding_free, bool):
+        raise fail("padding_free", padding_free, "be True or False")
+    capacity = check_int("capacity", capacity, min_value=1, allow_none=True)
+    if capacity is not None and max_tokens is not None:
+        raise fail("capacity", capacity, "not be given together with max_tokens (a step is batch_size packs)")
+    padding_free = padding_free or capacity is not None
     options = dict(mega_batch=mega_batch, noise=noise)
     # Build one sampler now, so bad options fail here rather than when training starts.
     _sampler_for(kept, batch_size=batch_size or 1, max_tokens=max_tokens, seed=0, num_replicas=1, rank=0,
@@ -350,11 +380,32 @@ def hf_trainer_with_bucketing(model: nn.Module, args: Any, train_dataset: Any, l
     from transformers import PreTrainedModel
 
     if not isinstance(model, PreTrainedModel):
+        if padding_free:
+            raise fail("model", type(model).__name__, "be a transformers causal LM for padding_free/capacity "
+                       "(padlab's encoders take PackedCollator batches)")
         model = HFAdapter(model)
-    return cls(model=model, args=args, train_dataset=train_dataset,
-               data_collator=ModelInputs(collator or PaddingCollator(max_length=max_length)),
+    if not padding_free:
+        data_collator = ModelInputs(collator or PaddingCollator(max_length=max_length))
+    else:
+        from .hf import PaddingFreeCollator
+
+        if collator is None:
+            collator = PaddingFreeCollator(packed=capacity is not None, capacity=capacity, max_length=max_length,
+                                           truncation=max_length is not None)
+        data_collator = collator
+        if capacity is not None:
+            from .packing import PackedDataset, pack
+
+            if int(kept.max()) > capacity:
+                raise fail("capacity", capacity, f"be at least the longest kept example ({int(kept.max())} tokens; "
+                           "lower max_length to cut examples)")
+            packs = pack(kept, capacity)
+            train_dataset = PackedDataset(train_dataset, packs)
+            kept = packs.pack_tokens.astype(np.int64)
+            options = dict(mega_batch=1, noise=0.0)  # packs come in a random order: no length grouping
+    return cls(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
                padlab_lengths=kept, padlab_batch_size=batch_size, padlab_max_tokens=max_tokens,
-               padlab_options=options, **trainer_kwargs)
+               padlab_options=options, padlab_padding_free=padding_free, **trainer_kwargs)
 
 
 # ----------------------------------------------------------------------------- Lightning

@@ -20,6 +20,8 @@ token-budget       length-sorted within pools of ``mega_batch x max_tokens`` tok
 packed             first-fit-decreasing packs of ``max_length`` tokens, ``rows`` packs a batch;
                    dense attention over each whole row (block-diagonal mask)
 packed-varlen      the same packs; attention per sequence only (a varlen kernel)
+packed-flex        the same packs as rows of static shape; FlexAttention skips the tiles where no
+                   token of a sequence meets another's (a block-sparse document mask)
 =================  ===========================================================================
 
 Each :class:`Plan` states its sorting pool (``pool_size`` in ``pool_unit``): ``None`` for random
@@ -28,6 +30,7 @@ the corpus) sorts globally: that is the ``sorted`` strategy, not a bucketing set
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -36,7 +39,7 @@ import numpy as np
 from ._validate import check_bool, check_choice, check_int, check_lengths, fail
 from .waste import BatchShape, WasteReport, length_eta_squared, padded_batches, waste
 
-__all__ = ["STRATEGIES", "Strategy", "Plan", "plan", "plan_shapes", "random_batches", "default_max_tokens", "batch_shapes",
+__all__ = ["STRATEGIES", "Strategy", "Plan", "plan", "plan_shapes", "plan_grids", "random_batches", "default_max_tokens", "batch_shapes",
            "waste_table", "BucketTradeoff", "bucket_tradeoff"]
 
 
@@ -213,6 +216,8 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
              _packer("packed", False), packs=True),
     Strategy("packed-varlen", "the same packs; attention per sequence only (varlen kernel)",
              _packer("packed-varlen", True), packs=True),
+    Strategy("packed-flex", "the same packs as static-shape rows; FlexAttention document mask (block-sparse tiles)",
+             _packer("packed-flex", True), packs=True),
 )}
 
 
@@ -245,6 +250,30 @@ def plan_shapes(p: Plan, lengths: Any) -> tuple[list[BatchShape], int]:
     kept = np.minimum(lengths, p.max_length)
     shapes = [BatchShape(rows=len(b), width=p.max_length, seq_lengths=kept[np.concatenate(b)]) for b in p.batches]
     return shapes, int((lengths - kept).sum())
+
+
+def plan_grids(p: Plan, lengths: Any, *, batches: "int | None" = None) -> list[np.ndarray]:
+    """Which text fills each token slot of each batch of ``p``: one ``rows x width`` int array per
+    batch, the text's index in ``lengths`` or -1 on padding (the data of :func:`padlab.viz.layout_schematic`).
+
+    Widths are :func:`plan_shapes`'s; a padded row holds its one text from column 0 (right padding),
+    a pack its texts back to back in pack order, as the collators lay them out; a text longer than
+    the width is cut. ``batches`` keeps only the first ones (schematics draw a few).
+    """
+    lengths = check_lengths("lengths", lengths)
+    batches = check_int("batches", batches, min_value=1, allow_none=True)
+    chosen = p.batches if batches is None else p.batches[:batches]
+    shapes, _ = plan_shapes(dataclasses.replace(p, batches=chosen), lengths)
+    grids = []
+    for b, shape in zip(chosen, shapes):
+        rows = [list(r) for r in b] if p.packs else [[int(i)] for i in b]
+        grid = np.full((shape.rows, shape.width), -1, dtype=np.int64)
+        for r, texts in enumerate(rows):
+            kept = np.minimum(lengths[np.asarray(texts, dtype=np.int64)], shape.width)
+            row = np.repeat(np.asarray(texts, dtype=np.int64), kept)[:shape.width]
+            grid[r, :row.size] = row
+        grids.append(grid)
+    return grids
 
 
 def batch_shapes(strategy: str, lengths: np.ndarray, *, batch_size: int = 32, max_length: int = 512,
@@ -283,7 +312,7 @@ _PACK = {"rows", "algorithm", "max_per_pack", "within_batch"}
 _OPTIONS: dict[str, set[str]] = {
     "fixed": set(), "dynamic": _PAD, "dynamic-multiple": _PAD, "sorted": _PAD | {"noise"},
     "bucketed": _PAD | {"mega_batch", "noise"}, "token-budget": _PAD | {"mega_batch", "noise", "max_tokens"},
-    "packed": _PACK, "packed-varlen": _PACK,
+    "packed": _PACK, "packed-varlen": _PACK, "packed-flex": _PACK,
 }
 
 

@@ -216,3 +216,130 @@ def test_op_names_and_flop_count_bad_input():
         op_names("x")
     with pytest.raises(ValueError, match="fn must be a callable"):
         flop_count("x")
+
+
+# --- which parameters autocast casts (E1), measured tensor bytes (E2) -----------------------------
+
+from padlab._validate import PadlabError
+from padlab.cost import CAST_MODULES, cast_parameters, measured_parameter_memory
+from padlab.models import EncoderConfig, EncoderForMaskedLM, EncoderForSequenceClassification
+
+_LINEARS = ("qkv", "out", "ff1", "ff2")
+
+
+def _layer_linear_names(layers=2):
+    return [f"encoder.layers.{i}.{lin}.{w}" for i in range(layers) for lin in _LINEARS for w in ("weight", "bias")]
+
+
+def _linear_elements(cfg):
+    # by hand from the config: qkv h x 3h, out h x h, ff1 h x ffn, ff2 ffn x h, each with its bias
+    h, f = cfg.hidden, cfg.ffn
+    return cfg.layers * ((h * 3 * h + 3 * h) + (h * h + h) + (h * f + f) + (f * h + h))
+
+
+def test_cast_parameters_on_the_tiny_masked_lm_finds_the_linears_and_the_tied_decoder():
+    torch.manual_seed(0)
+    model = EncoderForMaskedLM(EncoderConfig.tiny())
+    # the decoder is the token embedding through F.linear, so the embedding table IS cast (under its
+    # first name); the position embedding (a lookup) and every LayerNorm are not
+    expected = sorted(_layer_linear_names() + ["head.dense.weight", "head.dense.bias", "head.bias",
+                                               "encoder.tok_emb.weight"])
+    assert cast_parameters(model) == expected
+    assert cast_parameters(model, precision="fp16-amp") == expected
+    untied = cast_parameters(EncoderForMaskedLM(EncoderConfig.tiny(), tie_weights=False))
+    assert "encoder.tok_emb.weight" not in untied and "head.decoder.weight" in untied
+
+
+def test_cast_parameters_on_the_tiny_classifier_casts_no_embedding():
+    torch.manual_seed(0)
+    model = EncoderForSequenceClassification(EncoderConfig.tiny())
+    names = cast_parameters(model)
+    assert names == sorted(_layer_linear_names() + ["pooler.weight", "pooler.bias", "classifier.weight",
+                                                    "classifier.bias"])
+    assert not any("emb" in n or "norm" in n for n in names)
+
+
+def test_cast_parameters_negative_control_sees_nothing_without_a_cast():
+    model = EncoderForSequenceClassification(EncoderConfig.tiny())
+    ids = torch.zeros(1, 2, dtype=torch.long)
+    assert cast_parameters(model, lambda: None) == []                        # the model does not run
+    assert cast_parameters(model, lambda: model.encoder.tok_emb(ids)) == []  # a lookup casts nothing
+
+
+def test_parameter_memory_half_copies_count_only_what_autocast_casts():
+    cfg = EncoderConfig.tiny()
+    torch.manual_seed(0)
+    mlm, cls = EncoderForMaskedLM(cfg), EncoderForSequenceClassification(cfg)
+    h, v, labels = cfg.hidden, cfg.vocab_size, cfg.num_labels
+    mlm_cast = _linear_elements(cfg) + (h * h + h) + v + v * h          # + dense, decoder bias, tied decoder
+    cls_cast = _linear_elements(cfg) + (h * h + h) + (h * labels + labels)  # + pooler, classifier
+    assert parameter_memory(mlm, "bf16-amp").half_copies == 2 * mlm_cast
+    assert parameter_memory(cls, "fp16-amp").half_copies == 2 * cls_cast
+    # negative control: the old rule (2 bytes for every trainable parameter) charges the embeddings
+    # and LayerNorms, which autocast leaves in float32
+    n_cls = sum(p.numel() for p in cls.parameters())
+    assert 2 * n_cls > 6 * parameter_memory(cls, "bf16-amp").half_copies
+
+
+def test_parameter_memory_without_an_example_input_uses_the_module_rule():
+    model = nn.Sequential(nn.Embedding(5, 4), nn.LayerNorm(4), nn.Linear(4, 3))
+    # only the Linear: 4*3 + 3 = 15 elements, 2 bytes each
+    assert parameter_memory(model, "bf16-amp").half_copies == 30
+    assert "Linear" in CAST_MODULES and "Embedding" not in CAST_MODULES
+    ids = torch.tensor([[1, 2]])
+    assert cast_parameters(model, lambda: model(ids)) == ["2.bias", "2.weight"]   # the rule, measured
+    # fn= measures instead of the rule: a weight used through F.linear is found
+    emb = nn.Embedding(5, 4)
+    tied = nn.Sequential(emb)
+    assert parameter_memory(tied, "bf16-amp").half_copies == 0
+    assert parameter_memory(tied, "bf16-amp", fn=lambda: F.linear(emb(ids), emb.weight)).half_copies == 40
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16-amp", "fp16-amp", "bf16-pure"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "momentum"])
+def test_measured_parameter_memory_equals_the_arithmetic_on_tiny_models(precision, optimizer):
+    torch.manual_seed(0)
+    for model in (EncoderForMaskedLM(EncoderConfig.tiny()), EncoderForSequenceClassification(EncoderConfig.tiny())):
+        assert measured_parameter_memory(model, precision, optimizer) == parameter_memory(model, precision, optimizer)
+
+
+def test_measured_parameter_memory_by_hand_on_a_linear():
+    lin = nn.Linear(3, 4)
+    before = [p.detach().clone() for p in lin.parameters()]
+    loss = lambda m: m(torch.ones(2, 3, dtype=m.weight.dtype)).float().sum()
+    # 16 parameters: 64 bytes each of weights and gradients, Adam's two moments 128, bf16 casts 32
+    assert measured_parameter_memory(lin, "bf16-amp", loss_fn=loss) == dict(
+        parameters=16, trainable=16, weights=64, gradients=64, optimizer=128, half_copies=32, total=288)
+    assert measured_parameter_memory(lin, "bf16-pure", "momentum", loss_fn=loss) == dict(
+        parameters=16, trainable=16, weights=32, gradients=32, optimizer=32, half_copies=0, total=96)
+    assert all(torch.equal(a, b) for a, b in zip(before, lin.parameters())) and lin.weight.grad is None
+
+
+def test_cast_and_measured_memory_refuse_bad_input():
+    lin = nn.Linear(3, 4)
+    with pytest.raises(PadlabError, match="precision"):
+        cast_parameters(lin, lambda: lin(torch.ones(1, 3)), precision="fp32")
+    with pytest.raises(PadlabError, match="fn"):
+        cast_parameters(lin)                       # no config.vocab_size, no fn
+    with pytest.raises(PadlabError, match="fn"):
+        cast_parameters(lin, fn=3)
+    with pytest.raises(PadlabError, match="fn"):
+        parameter_memory(lin, "bf16-amp", fn="run")
+    with pytest.raises(PadlabError, match="loss_fn"):
+        measured_parameter_memory(lin)
+    with pytest.raises(PadlabError, match="model"):
+        measured_parameter_memory("model")
+
+
+def test_parameter_memory_example_forward_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = EncoderForSequenceClassification(EncoderConfig.tiny(dropout=0.1))
+    model.encoder.train()
+    model.classifier.eval()
+    before = {n: m.training for n, m in model.named_modules()}
+    weights = [p.detach().clone() for p in model.parameters()]
+    parameter_memory(model, "bf16-amp")
+    cast_parameters(model)
+    assert {n: m.training for n, m in model.named_modules()} == before
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())

@@ -172,20 +172,74 @@ def section_problems(nb: dict, *, solutions: bool) -> list[str]:
             if not re.search(rf"^##\s+{h}\s*$", md, re.MULTILINE)]
 
 
-def mechanism_problems(nb: dict, *, solutions: bool) -> list[str]:
-    """Notebooks define no mechanism: no def or class (a solution may define a small one)."""
-    problems = []
-    for i, c in _code(nb):
+#: The first line of a code cell that may define a mechanism from scratch, for teaching (issue 12).
+FROM_SCRATCH = "# From scratch:"
+
+
+def _is_from_scratch(cell: dict) -> bool:
+    lines = [l for l in _src(cell).splitlines() if l.strip()]
+    return bool(lines) and lines[0].strip().startswith(FROM_SCRATCH)
+
+
+def _padlab_names(nb: dict) -> set[str]:
+    """Names a notebook binds to padlab: ``import padlab[.x] [as y]`` and ``from padlab[.x] import ...``."""
+    names = set()
+    for _, c in _code(nb):
         tree = _tree(c)
+        for node in ast.walk(tree) if tree is not None else ():
+            if isinstance(node, ast.Import):
+                names |= {(a.asname or a.name.split(".")[0]) for a in node.names
+                          if a.name == "padlab" or a.name.startswith("padlab.")}
+            elif isinstance(node, ast.ImportFrom) and node.module and \
+                    (node.module == "padlab" or node.module.startswith("padlab.")):
+                names |= {a.asname or a.name for a in node.names}
+    return names
+
+
+def _called_roots(tree: ast.Module) -> set[str]:
+    """The root name of every call in a cell: ``f(x)`` -> f, ``viz.plot(x)`` -> viz, ``a.b.c()`` -> a."""
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            while isinstance(f, ast.Attribute):
+                f = f.value
+            if isinstance(f, ast.Name):
+                roots.add(f.id)
+    return roots
+
+
+def mechanism_problems(nb: dict, *, solutions: bool) -> list[str]:
+    """Notebooks define no mechanism, except from scratch for teaching: a ``def`` or ``class`` is
+    allowed in a code cell whose first line starts with ``# From scratch:``, and only if a later
+    code cell calls both that name and a name imported from padlab (the cell that checks the
+    from-scratch version against padlab's tested one). A solution may define a small one."""
+    problems = []
+    padlab = _padlab_names(nb)
+    cells = _code(nb)
+    trees = {i: _tree(c) for i, c in cells}
+    for i, c in cells:
+        tree = trees[i]
         if tree is None:
             problems.append(f"cell {i} is not valid Python")
             continue
+        scratch = _is_from_scratch(c) and not solutions
+        top = {id(n) for n in tree.body}
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 kind = "class" if isinstance(node, ast.ClassDef) else "def"
                 size = node.end_lineno - node.lineno + 1
-                if not solutions:
-                    problems.append(f"cell {i} defines {kind} {node.name} (mechanisms belong in padlab)")
+                if scratch:
+                    if id(node) not in top:
+                        continue                    # a helper inside a from-scratch definition
+                    checked = any(node.name in roots and roots & padlab for j, t in trees.items()
+                                  if j > i and t is not None for roots in [_called_roots(t)])
+                    if not checked:
+                        problems.append(f"cell {i} defines {kind} {node.name} from scratch, but no later cell "
+                                        f"calls both {node.name} and padlab (check it against padlab's version)")
+                elif not solutions:
+                    problems.append(f"cell {i} defines {kind} {node.name} (mechanisms belong in padlab; a "
+                                    f"teaching version goes in a cell starting {FROM_SCRATCH!r})")
                 elif size > MAX_SOLUTION_DEF_LINES:
                     problems.append(f"cell {i} defines {kind} {node.name} of {size} lines "
                                     f"(an exercise answer is at most {MAX_SOLUTION_DEF_LINES})")
@@ -335,11 +389,49 @@ def test_section_check():
 
 def test_mechanism_check():
     nb = _nb(_cell("def collate(batch):\n    return batch", 1), _cell("f = lambda x: x + 1\nclass P: pass", 2))
-    assert mechanism_problems(nb, solutions=False) == [
-        "cell 0 defines def collate (mechanisms belong in padlab)", "cell 1 defines class P (mechanisms belong in padlab)"]
+    assert [p.split(" (")[0] for p in mechanism_problems(nb, solutions=False)] == [
+        "cell 0 defines def collate", "cell 1 defines class P"]
+    assert "mechanisms belong in padlab" in mechanism_problems(nb, solutions=False)[0]
     assert mechanism_problems(nb, solutions=True) == []
     long = "def answer():\n" + "    x = 1\n" * MAX_SOLUTION_DEF_LINES
     assert "lines" in mechanism_problems(_nb(_cell(long, 1)), solutions=True)[0]
+
+
+_SCRATCH = "# From scratch: dynamic padding in a dozen lines\ndef pad(rows):\n    def width(r):\n        return len(r)\n" \
+           "    return [r + [0] * (max(map(width, rows)) - len(r)) for r in rows]"
+
+
+def test_from_scratch_def_checked_against_padlab_passes():
+    nb = _nb(_cell("from padlab.padding import pad_batch\nimport padlab.viz as viz", 1), _cell(_SCRATCH, 2),
+             _cell("rows = [[1, 2], [3]]\nprint(pad(rows) == pad_batch(rows).tolist())", 3))
+    assert mechanism_problems(nb, solutions=False) == []
+    # the padlab call may be an attribute of an imported padlab module
+    nb["cells"][2] = _cell("print(pad([[1]]), viz.tokens_figure([[1]]))", 3)
+    assert mechanism_problems(nb, solutions=False) == []
+
+
+def test_from_scratch_def_never_checked_is_flagged():
+    unchecked = _nb(_cell("from padlab.padding import pad_batch", 1), _cell(_SCRATCH, 2), _cell("print(pad([[1]]))", 3))
+    assert mechanism_problems(unchecked, solutions=False) == [
+        "cell 1 defines def pad from scratch, but no later cell calls both pad and padlab "
+        "(check it against padlab's version)"]
+    # a check in an EARLIER cell does not count, nor a padlab call in another cell than the from-scratch call
+    earlier = _nb(_cell("from padlab.padding import pad_batch\npad_batch([[1]])", 1), _cell(_SCRATCH, 2),
+                  _cell("pad([[1]])", 3), _cell("pad_batch([[1]])", 4))
+    assert len(mechanism_problems(earlier, solutions=False)) == 1
+    # a name that only shadows padlab's is not padlab
+    fake = _nb(_cell("pad_batch = list", 1), _cell(_SCRATCH, 2), _cell("pad([[1]]) == pad_batch([[1]])", 3))
+    assert len(mechanism_problems(fake, solutions=False)) == 1
+
+
+def test_def_outside_a_from_scratch_cell_is_flagged_even_when_checked():
+    body = _SCRATCH.split("\n", 1)[1]
+    for src in (body, "# from scratch too late\n" + body, body + "\n# From scratch: not the first line"):
+        nb = _nb(_cell("from padlab.padding import pad_batch", 1), _cell(src, 2),
+                 _cell("pad([[1]]) == pad_batch([[1]])", 3))
+        assert mechanism_problems(nb, solutions=False) == [
+            f"cell 1 defines def {name} (mechanisms belong in padlab; a teaching version goes in a cell starting "
+            f"{FROM_SCRATCH!r})" for name in ("pad", "width")]
 
 
 def test_marker_check():

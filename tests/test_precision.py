@@ -11,6 +11,24 @@ from padlab import precision, train
 
 from tiny_models import VOCAB, quiet_prepare as _quiet_prepare, state_of as _state, tiny_batch as _batch, tiny_classifier as _model  # noqa: F401
 
+
+@pytest.fixture(autouse=True)
+def cpu_without_native_fp16(monkeypatch):
+    """The CPU verdicts below are for a CPU without AVX512-FP16/AMX-FP16 (the probe is the chip's,
+    so pin it: the same tests must pass on a Sapphire Rapids)."""
+    monkeypatch.setattr(precision, "_cpu_has_native_fp16", lambda: False)
+
+
+def test_fp16_verdict_follows_the_chip(monkeypatch):
+    monkeypatch.setattr(precision, "_cpu_has_native_fp16", lambda: True)
+    for name in ("fp16-amp", "fp16-pure"):
+        c = precision.check_policy(name, "cpu")
+        assert (c.runnable, c.pointless) == (True, False) and "native fp16" in c.reason
+    monkeypatch.setattr(precision, "_cpu_has_native_fp16", lambda: False)
+    c = precision.check_policy("fp16-amp", "cpu")
+    assert (c.runnable, c.pointless) == (True, True) and "slower than fp32" in c.reason
+
+
 # ----------------------------------------------------------------------------- policies
 
 def test_policy_table():

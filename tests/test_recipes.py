@@ -223,8 +223,9 @@ def test_bad_recipe_arguments(data):
 def _hf_args(tmp_path, **kw):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
+    kw = {"learning_rate": 1e-3, **kw}
     return transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no",
-                                          logging_strategy="no", disable_tqdm=True, learning_rate=1e-3, **kw)
+                                          logging_strategy="no", disable_tqdm=True, **kw)
 
 
 def _record_widths(module):
@@ -341,3 +342,105 @@ def test_lightning_datamodule_token_budget(data):
     assert isinstance(dm.sampler, TokenBudgetBatchSampler)
     assert all(b["input_ids"].numel() <= 48 for b in batches)
     assert sum(b["input_ids"].shape[0] for b in batches) == len(dataset)
+
+
+# --- Hugging Face Trainer, padding-free and packed (transformers' padding-free format) -------------
+
+def _tiny_llama(seed=0):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=8192, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def _sgd_args(tmp_path, **kw):
+    # SGD at lr 1 with no clipping, decay or schedule: a step moves each weight by minus its gradient.
+    return _hf_args(tmp_path, optim="sgd", max_grad_norm=0.0, weight_decay=0.0, lr_scheduler_type="constant",
+                    learning_rate=1.0, **kw)
+
+
+def _record_calls(model):
+    calls = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(dict(kwargs)), with_kwargs=True)
+    return calls
+
+
+def _token_loss_grads(model, seqs, divide):
+    """Reference: gradients of (summed next-token loss of each sequence alone) / divide."""
+    model = copy.deepcopy(model)
+    model.zero_grad()
+    for s in seqs:
+        ids = torch.tensor([s])
+        out = model(input_ids=ids, labels=ids, use_cache=False)
+        (out.loss * (len(s) - 1) / divide).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def lm_data():
+    corpus = load_corpus("wordnet").subset(24, seed=2)
+    return [{"input_ids": corpus.ids(i).tolist()} for i in range(len(corpus))], corpus.lengths.copy()
+
+
+def test_hf_trainer_padding_free_normalises_the_loss_per_token_across_the_step(tmp_path, lm_data):
+    dataset, lengths = lm_data
+    model = _tiny_llama()
+    start = copy.deepcopy(model)
+    args = _sgd_args(tmp_path, gradient_accumulation_steps=2, max_steps=1, seed=3)
+    trainer = recipes.hf_trainer_with_bucketing(model, args, dataset, lengths, max_tokens=96, mega_batch=None,
+                                                padding_free=True)
+    calls = _record_calls(trainer.model)
+    trainer.train()
+    assert len(calls) == 2 and all(c["use_cache"] is False for c in calls)   # the cache trap avoided
+    assert all(c["input_ids"].shape[0] == 1 and "attention_mask" not in c for c in calls)  # one unpadded row
+    # The sequences of the step, recovered from each row's cu_seq_lens:
+    seqs = [c["input_ids"][0, a:b].tolist() for c in calls
+            for a, b in zip(c["cu_seq_lens_q"][:-1].tolist(), c["cu_seq_lens_q"][1:].tolist())]
+    assert sorted(map(tuple, seqs)) == sorted(tuple(d["input_ids"]) for b in trainer.padlab_sampler.epoch_batches(0)[:2]
+                                              for d in (dataset[i] for i in b))
+    n_targets = sum(len(s) - 1 for s in seqs)
+    want = _token_loss_grads(start, seqs, n_targets)
+    moved = {n: start.state_dict()[n] - p.detach() for n, p in model.named_parameters()}
+    for n in want:
+        torch.testing.assert_close(moved[n], want[n], rtol=1e-4, atol=1e-6, msg=n)
+    # Negative control: the mean of the two micro-batches' own means (no num_items_in_batch) is another step.
+    first = [s for s in seqs[:len(calls[0]["cu_seq_lens_q"]) - 1]]
+    second = seqs[len(first):]
+    g1 = _token_loss_grads(start, first, 2 * sum(len(s) - 1 for s in first))
+    g2 = _token_loss_grads(start, second, 2 * sum(len(s) - 1 for s in second))
+    wrong = {n: g1[n] + g2[n] for n in g1}
+    assert max(float((wrong[n] - moved[n]).abs().max()) for n in want) > 1e-4
+
+
+def test_hf_trainer_with_packs(tmp_path, lm_data):
+    dataset, lengths = lm_data
+    model = _tiny_llama()
+    args = _hf_args(tmp_path, per_device_train_batch_size=2, max_steps=3, seed=1)
+    trainer = recipes.hf_trainer_with_bucketing(model, args, dataset, lengths, capacity=64)
+    calls = _record_calls(trainer.model)
+    before = next(model.parameters()).detach().clone()
+    trainer.train()
+    assert len(calls) == 3 and all(c["use_cache"] is False for c in calls)
+    packs = trainer.train_dataset.packs
+    sizes = {sum(len(dataset[i]["input_ids"]) for i in p) for p in packs}
+    assert max(sizes) <= 64
+    for c in calls:
+        cu = c["cu_seq_lens_q"]
+        assert cu.dtype == torch.int32 and int(cu[-1]) == c["input_ids"].shape[1] <= 2 * 64
+        starts = cu[:-1].long()
+        assert (c["labels"][0, starts] == -100).all() and (c["position_ids"][0, starts] == 0).all()
+    assert not torch.equal(before, next(model.parameters()))
+
+
+def test_hf_trainer_padding_free_bad_arguments(tmp_path, lm_data, data):
+    dataset, lengths = lm_data
+    args = _hf_args(tmp_path)
+    with pytest.raises(ValueError, match=r"^capacity must be at least the longest kept example"):
+        recipes.hf_trainer_with_bucketing(_tiny_llama(), args, dataset, lengths, capacity=4)
+    with pytest.raises(ValueError, match=r"^capacity must not be given together with max_tokens"):
+        recipes.hf_trainer_with_bucketing(_tiny_llama(), args, dataset, lengths, capacity=64, max_tokens=64)
+    with pytest.raises(ValueError, match=r"^model must be a transformers causal LM for padding_free"):
+        recipes.hf_trainer_with_bucketing(_model(), args, data[0], data[1], padding_free=True)
+    with pytest.raises(ValueError, match=r"^padding_free must be True or False"):
+        recipes.hf_trainer_with_bucketing(_tiny_llama(), args, dataset, lengths, padding_free=1)

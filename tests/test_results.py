@@ -1,5 +1,5 @@
-"""padlab.experiments.results: load_result, save_result, best_row, speedups, rows_where, loss_at, padded_widths,
-flop_shares, and the amp-matrix readers."""
+"""padlab.experiments.results (load_result, save_result, best_row, speedups, rows_where, loss_at, the amp-matrix
+readers) and the plan-derived figures of padlab.experiments.bench (padded_widths, flop_shares)."""
 from __future__ import annotations
 
 import copy
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from padlab.data import load_corpus
-from padlab.experiments import results
+from padlab.experiments import bench, results
 from padlab.experiments.bench import BenchConfig, model_config
 
 
@@ -95,11 +95,11 @@ def test_padded_widths_by_a_plain_reference():
     lens = np.minimum(load_corpus("fortunes").lengths, 512)
     perm = np.random.default_rng(0).permutation(len(lens))
     ref = [int(lens[perm[i:i + 32]].max()) for i in range(0, 50 * 32, 32)]
-    widths = results.padded_widths("dynamic", cfg)
+    widths = bench.padded_widths("dynamic", cfg)
     assert widths.tolist() == ref
-    mult = results.padded_widths("dynamic-multiple", cfg)
+    mult = bench.padded_widths("dynamic-multiple", cfg)
     assert mult.tolist() == [min(512, -(-w // 64) * 64) for w in ref]
-    assert results.padded_widths("fixed", cfg).tolist() == [512] * 50
+    assert bench.padded_widths("fixed", cfg).tolist() == [512] * 50
 
 
 def test_shipped_files_are_history_and_new_rows_say_what_they_ran():
@@ -125,7 +125,7 @@ def test_flop_shares_by_hand():
     attn = 12 * mcfg.layers * mcfg.hidden * (9 + 25)
     head = 6 * counts["mlm_head"] * 2
     body = 6 * counts["body"] * 8
-    shares = results.flop_shares("tiny", lens, 2, max_length=128)
+    shares = bench.flop_shares("tiny", lens, 2, max_length=128)
     total = attn + head + body
     assert shares["attention"] == pytest.approx(attn / total)
     assert shares["mlm head"] == pytest.approx(head / total)
@@ -143,11 +143,11 @@ def test_flop_shares_by_hand():
     (lambda: results.loss_at({"loss": [1.0], "examples_seen": [1]}, examples=0), "examples must be > 0"),
     (lambda: results.loss_at({"loss": [1.0], "examples_seen": [1]}, examples=1, window=0), "window must be"),
     (lambda: results.curve_seconds({"loss": [1.0], "wall_s": 0}), "curve must have"),
-    (lambda: results.padded_widths("packed", BenchConfig(progress=False)), "strategy must be one of"),
-    (lambda: results.padded_widths("dynamic", "cfg"), "cfg must be a BenchConfig"),
+    (lambda: bench.padded_widths("packed", BenchConfig(progress=False)), "strategy must be one of"),
+    (lambda: bench.padded_widths("dynamic", "cfg"), "cfg must be a BenchConfig"),
     (lambda: results.save_result([1], "x.json"), "result must be a mapping"),
-    (lambda: results.padded_widths("dynamic", BenchConfig(progress=False), 0), "n_steps must be"),
-    (lambda: results.flop_shares("huge", [1], 0), "model must be one of"),
+    (lambda: bench.padded_widths("dynamic", BenchConfig(progress=False), 0), "n_steps must be"),
+    (lambda: bench.flop_shares("huge", [1], 0), "model must be one of"),
 ])
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):

@@ -18,14 +18,14 @@ def _length_sets(batches):
 
 def test_every_name_in_table_order():
     assert list(STRATEGIES) == ["fixed", "dynamic", "dynamic-multiple", "sorted", "bucketed", "token-budget",
-                                "packed", "packed-varlen"]
+                                "packed", "packed-varlen", "packed-flex"]
     for name, spec in STRATEGIES.items():
         assert spec.name == name and spec.description and dataclasses.is_dataclass(spec)
         with pytest.raises(dataclasses.FrozenInstanceError):
             spec.name = "x"
         p = plan(name, L, batch_size=2, max_length=10)
         assert p.strategy == name and p.packs == spec.packs and len(p) > 0
-    assert {n for n, s in STRATEGIES.items() if s.packs} == {"packed", "packed-varlen"}
+    assert {n for n, s in STRATEGIES.items() if s.packs} == {"packed", "packed-varlen", "packed-flex"}
 
 
 def test_random_batches_are_a_seeded_permutation():
@@ -71,7 +71,7 @@ def test_token_budget_pools_and_budget():
 
 def test_packed_is_first_fit_decreasing_by_hand():
     # FFD at capacity 10 over 8,7,6,5,4,3,2,1: 8 | 7 | 6 | 5, then 4 -> 6, 3 -> 7, 2 -> 8, 1 -> 5.
-    for name, block in (("packed", False), ("packed-varlen", True)):
+    for name, block in (("packed", False), ("packed-varlen", True), ("packed-flex", True)):
         p = plan(name, L, batch_size=8, max_length=10, rows=4)
         assert len(p.batches) == 1 and p.block_diagonal is block and p.pool_size is None
         assert _length_sets(p.batches[0]) == [(1, 5), (2, 8), (3, 7), (4, 6)]
@@ -107,3 +107,53 @@ def test_waste_table_defaults_to_every_registry_name():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# --- plan_grids: which text fills each slot (the data of viz.layout_schematic) ----------------------
+
+def test_plan_grids_padded_rows_by_hand():
+    from padlab.strategies import Plan, plan_grids
+
+    lengths = np.array([5, 3, 7, 2])
+    p = Plan("dynamic", [np.array([1, 0]), np.array([2, 3])], False, 6, False, None, False, None, None, 0)
+    got = plan_grids(p, lengths)
+    # batch 0: width max(3, 5) = 5; batch 1: width max(7, 2) cut to max_length 6, text 2 truncated
+    assert [g.tolist() for g in got] == [[[1, 1, 1, -1, -1], [0, 0, 0, 0, 0]], [[2] * 6, [3, 3, -1, -1, -1, -1]]]
+    fixed = plan_grids(Plan("fixed", [np.array([3])], False, 4, True, None, False, None, None, 0), lengths)
+    assert fixed[0].tolist() == [[3, 3, -1, -1]]
+    multiple = plan_grids(Plan("dynamic-multiple", [np.array([1])], False, 64, False, 4, False, None, None, 0), lengths)
+    assert multiple[0].tolist() == [[1, 1, 1, -1]]                 # 3 rounded up to a multiple of 4
+
+
+def test_plan_grids_packs_back_to_back_and_batches_limit():
+    from padlab.strategies import Plan, plan_grids
+
+    lengths = np.array([5, 3, 7, 2])
+    p = Plan("packed", [[np.array([2, 3]), np.array([0, 1])], [np.array([1])]], True, 9, True, None, False, None,
+             None, 0)
+    got = plan_grids(p, lengths, batches=1)
+    assert len(got) == 1 and got[0].tolist() == [[2] * 7 + [3] * 2, [0] * 5 + [1] * 3 + [-1]]
+
+
+def test_plan_grids_match_plan_shapes_on_real_plans():
+    from padlab.data import load_corpus
+    from padlab.strategies import plan_grids
+
+    lengths = load_corpus("wordnet").lengths[:200]
+    for name in STRATEGIES:
+        p = plan(name, lengths, batch_size=8, max_length=32, seed=0)
+        shapes, _ = strategies.plan_shapes(p, lengths)
+        for g, s in zip(plan_grids(p, lengths), shapes):
+            assert g.shape == (s.rows, s.width)
+            texts, counts = np.unique(g[g >= 0], return_counts=True)
+            assert (counts == np.minimum(lengths[texts], g.shape[1])).all()     # each text whole, or cut
+            assert int((g >= 0).sum()) == int(s.seq_lengths.sum())
+
+
+def test_plan_grids_refuses_bad_batches():
+    from padlab.strategies import plan_grids
+
+    from padlab._validate import PadlabError
+
+    with pytest.raises(PadlabError, match="batches"):
+        plan_grids(plan("dynamic", np.array([3, 4])), np.array([3, 4]), batches=0)

@@ -25,7 +25,7 @@ from padlab.viz import style  # noqa: E402
 
 VIZ = Path(viz.__file__).parent
 MODULES = sorted(VIZ.glob("*.py"))
-CHAPTER_MODULES = ["memory", "padding", "bucketing", "packing", "floats", "precision", "bench"]
+CHAPTER_MODULES = ["memory", "padding", "bucketing", "packing", "floats", "precision", "bench", "schematics"]
 
 #: Written out here, not read from padlab: the names the palette must cover.
 POLICIES = ["fp32", "tf32", "fp16-amp", "bf16-amp", "bf16-amp+tf32", "fp16-pure", "bf16-pure"]

@@ -52,20 +52,28 @@ import numpy as np
 import torch
 
 from .._validate import check_choice, check_int, fail
+from ..attention import FLEX_BLOCK_SIZES, flex_compile_options, packed_block_mask
 from ..data import Corpus, load_corpus, vocab_size
 from ..env import resolve_device
-from ..models import IGNORE_INDEX, EncoderConfig, EncoderForMaskedLM, mask_tokens, model_flops
+from ..models import IGNORE_INDEX, EncoderConfig, EncoderForMaskedLM, mask_tokens, model_flops, parameter_counts
 from ..precision import POLICIES, PolicyWarning, prepare, tf32_context
 from ..strategies import STRATEGIES, Plan, plan
 from ..train import StepRecord, to_device, train_step
 from .results import WORK
 
-__all__ = ["BenchConfig", "MaskedCorpus", "PRECISIONS", "WORK", "mask_corpus", "model_config", "batch_size_for_budget",
+__all__ = ["DATASHEET_BF16_TFLOPS", "compile_for", "compiled_graphs", "add_peaks", "BenchConfig",
+           "MaskedCorpus", "PRECISIONS", "WORK", "mask_corpus", "model_config", "batch_size_for_budget",
            "step_plan", "plan_steps", "collate_step", "mlm_loss", "StepTimer", "sync", "matmul_peak_tflops",
-           "sdpa_backends", "prepare_row", "run_row", "PlannedSteps", "probe_losses", "loss_curve", "loader_rate", "run_benchmark", "format_table"]
+           "sdpa_backends", "prepare_row", "run_row", "PlannedSteps", "probe_losses", "loss_curve",
+           "loader_rate", "run_benchmark", "format_table", "padded_widths", "flop_shares"]
 
 _BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
              "math": "MATH"}
+#: The datasheet's dense bf16 tensor-core peak of the H100 SXM and the H200 (same chip), the
+#: second MFU denominator beside the matmul measured in the run.
+DATASHEET_BF16_TFLOPS = {"tflops": 989.4, "devices": ("H100", "H200"),
+                         "source": "NVIDIA H100/H200 SXM datasheets: dense BF16 tensor core 989.4 TFLOP/s "
+                                   "(1,979 with 2:4 sparsity)"}
 #: The policies a run times by default (any key of :data:`padlab.precision.POLICIES` may be asked for).
 PRECISIONS = ("fp32", "tf32", "fp16-amp", "bf16-amp")
 
@@ -93,6 +101,8 @@ class BenchConfig:
     compile: tuple[str, ...] = ()            # "strategy/precision" rows to torch.compile
     sdpa_backends: tuple[str, ...] = ()      # restrict SDPA to these backends ("" = PyTorch's choice)
     varlen_max: str = "batch"                # flash varlen max length: the batch's, rounded up to 64, or "max_length"
+    flex_block_size: int = 128               # packed-flex: the BlockMask's tile (64 needs flex autotuning, torch 2.11)
+    compile_mode: str = "default"            # compiled rows: "default" or "cudagraphs" (what reduce-overhead turns on)
     device: str = "auto"
     progress: bool = True
 
@@ -101,6 +111,8 @@ class BenchConfig:
         check_choice("model", self.model, ("bert-base", "small", "tiny"))
         check_choice("work", self.work, WORK)
         check_choice("varlen_max", self.varlen_max, ("batch", "max_length"))
+        check_choice("flex_block_size", self.flex_block_size, FLEX_BLOCK_SIZES)
+        check_choice("compile_mode", self.compile_mode, ("default", "cudagraphs"))
         for s in self.strategies:
             check_choice("strategies", s, tuple(STRATEGIES))
         for p in self.precisions:
@@ -195,7 +207,7 @@ def step_plan(strategy: str, lengths: np.ndarray, cfg: BenchConfig, epoch: int =
     n, cap = len(lens), cfg.max_length
     tokens = cfg.work == "tokens"
     common = dict(max_length=cap, seed=cfg.seed, epoch=epoch)
-    if strategy in ("packed", "packed-varlen"):
+    if STRATEGIES[strategy].packs:
         if tokens:
             return plan(strategy, lens, batch_size=cfg.seqs_per_step, rows=cfg.max_tokens // cap, drop_last=True,
                         **common)
@@ -254,14 +266,18 @@ def collate_step(strategy: str, mc: MaskedCorpus, step: Any, cfg: BenchConfig, m
     from ..padding import PaddingCollator
 
     cap = cfg.max_length
-    if strategy in ("packed", "packed-varlen"):
+    if STRATEGIES[strategy].packs:
         packs = [_examples(mc, p) for p in step]
         # The dense block mask (rows x cap x cap) is only built where the model uses it.
         b = PackedCollator(cap, return_block_mask=strategy == "packed")(packs)
         seq_lengths = np.concatenate([mc.lengths[p] for p in step])
-        if strategy == "packed":
+        if strategy in ("packed", "packed-flex"):
             inputs = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"],
-                      "position_ids": b["position_ids"], "block_mask": b["block_mask"]}
+                      "position_ids": b["position_ids"]}
+            if strategy == "packed":
+                inputs["block_mask"] = b["block_mask"]
+            else:  # the BlockMask is built on the device, inside the timed step (mlm_loss)
+                inputs.update(seq_ids=b["seq_ids"], flex_block_size=cfg.flex_block_size)
             labels = b["labels"].reshape(-1)
         else:
             keep = b["attention_mask"].reshape(-1).bool()
@@ -271,7 +287,7 @@ def collate_step(strategy: str, mc: MaskedCorpus, step: Any, cfg: BenchConfig, m
                       # short sequences; the batch's own (rounded, to bound recompiles) does not.
                       "max_seqlen": cap if cfg.varlen_max == "max_length" else min(cap, -(-int(b["max_seqlen"]) // 64) * 64)}
             labels = b["labels"].reshape(-1)[keep]
-        slots = int(b["input_ids"].numel()) if strategy == "packed" else int(keep.sum())
+        slots = int(keep.sum()) if strategy == "packed-varlen" else int(b["input_ids"].numel())
     else:
         if strategy == "fixed":
             coll = PaddingCollator(padding="max_length", max_length=cap)
@@ -301,8 +317,40 @@ def collate_step(strategy: str, mc: MaskedCorpus, step: Any, cfg: BenchConfig, m
 
 
 def mlm_loss(model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-    """The bench's loss for :func:`padlab.train.train_step`: the model called on the step's inputs."""
+    """The bench's loss for :func:`padlab.train.train_step`: the model called on the step's inputs.
+
+    packed-flex steps carry ``seq_ids``: their block mask is built here, once per step (inside
+    the timed step, outside a compiled model) and shared by every layer; where FlexAttention
+    cannot train (the CPU) it is the dense mask of the same rule (:func:`padlab.attention.packed_block_mask`).
+    """
+    if "seq_ids" in inputs:
+        inputs = dict(inputs)
+        seq_ids, block = inputs.pop("seq_ids"), inputs.pop("flex_block_size", 128)
+        inputs["block_mask"] = packed_block_mask(seq_ids, block, training=torch.is_grad_enabled())
     return model(**inputs).loss
+
+
+def compile_for(model: torch.nn.Module, strategy: str, cfg: BenchConfig) -> torch.nn.Module:
+    """``torch.compile`` for a row, afresh (dynamo's recompile limit is per code object).
+
+    packed-flex rows have static shapes (a changed int must recompile, never turn symbolic) and
+    take :func:`padlab.attention.flex_compile_options`; varlen's flat token count changes every
+    step, which torch's automatic dynamic shapes handle. ``cfg.compile_mode="cudagraphs"`` adds
+    CUDA graphs (what ``mode="reduce-overhead"`` turns on).
+    """
+    torch.compiler.reset()
+    flex = strategy == "packed-flex"
+    opts: dict[str, Any] = dict(flex_compile_options(cfg.flex_block_size) or {}) if flex else {}
+    if cfg.compile_mode == "cudagraphs":
+        opts["triton.cudagraphs"] = True
+    return torch.compile(model, dynamic=False if flex else None, options=opts or None)
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (a recompile adds one); torch's own
+    counter, as its tests read it (no public API counts them)."""
+    from torch._dynamo.utils import counters
+    return int(counters["stats"]["unique_graphs"])
 
 
 # --------------------------------------------------------------------------- device helpers
@@ -314,10 +362,18 @@ def sync(device: torch.device) -> None:
 
 
 class StepTimer:
-    """CUDA events on a GPU, the host clock elsewhere; ``.ms`` after the block."""
+    """CUDA events on a GPU, the host clock elsewhere; ``.ms`` after the block.
 
-    def __init__(self, device: torch.device) -> None:
+    ``sync=False`` (GPU) records the end event without waiting for it: the host goes on to queue
+    the next step while this one runs, and ``.ms`` waits for the event when first read (read it
+    after the loop). Consecutive steps' events then tile the GPU's timeline, so their sum is the
+    loop's GPU time without the host's per-step preparation showing as idle GPU.
+    """
+
+    def __init__(self, device: torch.device, sync: bool = True) -> None:
         self.cuda = device.type == "cuda"
+        self.sync = sync
+        self._ms: float | None = None
 
     def __enter__(self) -> "StepTimer":
         if self.cuda:
@@ -330,10 +386,19 @@ class StepTimer:
     def __exit__(self, *exc: Any) -> None:
         if self.cuda:
             self.b.record()
-            self.b.synchronize()
-            self.ms = self.a.elapsed_time(self.b)
+            if self.sync:
+                self.b.synchronize()
+                self._ms = self.a.elapsed_time(self.b)
         else:
-            self.ms = (time.perf_counter() - self.t0) * 1e3
+            self._ms = (time.perf_counter() - self.t0) * 1e3
+
+    @property
+    def ms(self) -> float:
+        """Milliseconds from the block's start to its end (waits for the end event if needed)."""
+        if self._ms is None:
+            self.b.synchronize()
+            self._ms = self.a.elapsed_time(self.b)
+        return self._ms
 
 
 def matmul_peak_tflops(device: torch.device, n: int = 8192, reps: int = 10, dtype: torch.dtype = torch.bfloat16) -> float:
@@ -390,46 +455,58 @@ def prepare_row(precision: str, init_state: dict[str, torch.Tensor], mcfg: Encod
 
 def run_row(strategy: str, precision: str, steps: Sequence[dict[str, Any]], init_state: dict[str, torch.Tensor],
             mcfg: EncoderConfig, cfg: BenchConfig, device: torch.device, peak_tflops: float,
-            compile_model: bool = False) -> dict[str, Any]:
-    """Train on ``steps`` twice (cold pass, then the timed pass) and report the figures.
+            compile_model: bool = False, passes: Sequence[str] = ("cold", "warm")) -> dict[str, Any]:
+    """Train on ``steps`` once per pass and report the figures of the last pass.
 
-    Every step is :func:`padlab.train.train_step` with ``measure=False``: no statistic and no
-    host sync inside the step; the losses are read once, after the timed pass.
+    ``"cold"`` is the first pass (every shape seen once, compilation included), ``"warm"`` the
+    same steps again. Every step is :func:`padlab.train.train_step` with ``measure=False`` (no
+    host sync inside the step, none between steps: :class:`StepTimer` with ``sync=False``). Each
+    pass's throughput is one statistic, total real tokens over the pass's total step time (CUDA
+    events); the median step's rate is a second column.
+    Compiled rows report ``recompiles``: graphs compiled after the first step.
     """
     prep = prepare_row(precision, init_state, mcfg, cfg, device)
-    model = torch.compile(prep.model) if compile_model else prep.model
+    model = compile_for(prep.model, strategy, cfg) if compile_model else prep.model
+    graphs = compile_model and cfg.compile_mode == "cudagraphs"
     dev_steps = [to_device(s["inputs"], device) for s in steps]
 
     def step(inputs: dict[str, Any]) -> StepRecord:
+        if graphs:  # a new iteration for CUDA-graph trees (else they may record again)
+            torch.compiler.cudagraph_mark_step_begin()
         return train_step(model, inputs, prep.optimizer, prep.policy, prep.scaler, mlm_loss, measure=False)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    cold, warm, losses, scales = [], [], [], []
+    ms: dict[str, list[float]] = {p: [] for p in passes}
+    wall: dict[str, float] = {}
+    losses, scales = [], []
+    g_start, g_first = compiled_graphs(), None
     # The policy's TF32 setting once for the row: each step's own tf32_context then writes nothing.
     with sdpa_backends(cfg.sdpa_backends), tf32_context(prep.policy):
-        t_start = time.perf_counter()
-        for inp in dev_steps:                      # cold pass: every shape seen once
-            with StepTimer(device) as t:
-                step(inp)
-            cold.append(t.ms)
-        cold_wall = time.perf_counter() - t_start
-        for inp in dev_steps:                      # timed pass
-            with StepTimer(device) as t:
-                rec = step(inp)
-            losses.append(rec.loss_tensor)
-            warm.append(t.ms)
-            scales.append(prep.scaler.get_scale() if prep.scaler is not None else 1.0)
+        for p in passes:
+            t_start = time.perf_counter()
+            timers = []
+            for inp in dev_steps:
+                # No host sync between steps: the next step is queued while this one runs.
+                with StepTimer(device, sync=False) as t:
+                    rec = step(inp)
+                timers.append(t)
+                losses.append(rec.loss_tensor.clone())  # a CUDA-graph output is overwritten by the next replay
+                scales.append(prep.scaler.get_scale() if prep.scaler is not None else 1.0)
+                g_first = compiled_graphs() if g_first is None else g_first
+            sync(device)
+            wall[p] = time.perf_counter() - t_start
+            ms[p] = [t.ms for t in timers]
+    timed, first = passes[-1], passes[0]
     real = np.array([s["real_tokens"] for s in steps], dtype=np.float64)
     slots = np.array([s["slots"] for s in steps], dtype=np.float64)
     flops = _row_flops(mcfg, steps)
-    warm_s = np.array(warm) / 1e3
-    per_step_tps = real / warm_s
-    med = int(np.argsort(warm_s)[len(warm_s) // 2])
-    tflops = float(np.median(flops / warm_s)) / 1e12
+    step_s = np.array(ms[timed]) / 1e3
+    med = int(np.argsort(step_s)[len(step_s) // 2])
+    tflops = float(flops.sum() / step_s.sum()) / 1e12
     loss_vals = torch.stack(losses).float().cpu().numpy()
     policy = prep.policy
-    return {
+    row = {
         "strategy": strategy, "precision": precision, "work": cfg.work, "compiled": compile_model,
         # What the policy name means (padlab.precision.POLICIES), written out for readers of the JSON.
         "autocast_dtype": str(policy.autocast_dtype).replace("torch.", "") if policy.autocast_dtype else None,
@@ -437,18 +514,26 @@ def run_row(strategy: str, precision: str, steps: Sequence[dict[str, Any]], init
         "grad_scaler": prep.scaler is not None,
         "steps": len(steps), "sequences_per_step": float(np.mean([s["sequences"] for s in steps])),
         "real_tokens_per_step": float(real.mean()), "slots_per_step": float(slots.mean()),
-        "real_tokens_per_s": float(np.median(per_step_tps)),
-        "median_step_ms": float(np.median(warm)), "median_step_real_tokens": float(real[med]),
-        "cold_real_tokens_per_s": float(real.sum() / (np.sum(cold) / 1e3)),
-        "cold_wall_s": cold_wall, "cold_first_step_ms": float(cold[0]),
+        "real_tokens_per_s": float(real.sum() / step_s.sum()),
+        "cold_real_tokens_per_s": float(real.sum() / (np.sum(ms[first]) / 1e3)),
+        "median_step_real_tokens_per_s": float(real[med] / step_s[med]),
+        "median_step_ms": float(np.median(ms[timed])), "median_step_real_tokens": float(real[med]),
+        "cold_wall_s": wall[first], "cold_first_step_ms": float(ms[first][0]),
         "padded_fraction": float(1 - real.sum() / slots.sum()),
         "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
         "model_tflops": tflops, "mfu": tflops / peak_tflops if peak_tflops else None,
-        "loss": float(loss_vals[-1]), "loss_mean_timed": float(loss_vals.mean()),
+        "loss": float(loss_vals[-1]), "loss_mean_timed": float(loss_vals[-len(steps):].mean()),
+        "loss_curve": loss_vals.tolist(), "step_ms": [x for p in passes for x in ms[p]],
         # GradScaler halves its scale exactly when it skips a step (inf/NaN gradients).
         "skipped_steps": int(np.sum(np.diff(scales) < 0)) if prep.scaler is not None else 0,
         "sdpa_backends": list(cfg.sdpa_backends) or "default",
     }
+    if strategy == "packed-flex":
+        row["flex_block_size"] = cfg.flex_block_size
+    if compile_model:
+        row.update(compile_mode=cfg.compile_mode, graphs_compiled=compiled_graphs() - g_start,
+                   recompiles=compiled_graphs() - g_first)
+    return row
 
 
 def probe_losses(mc: MaskedCorpus, cfg: BenchConfig, mcfg: EncoderConfig, init_state: dict[str, torch.Tensor],
@@ -483,18 +568,27 @@ def loss_curve(strategy: str, precision: str, mc: MaskedCorpus, cfg: BenchConfig
     """Training loss per step with the examples seen so far (for per-example comparisons)."""
     planned, _ = plan_steps(strategy, mc, cfg, steps, epoch0=100)
     batches = [collate_step(strategy, mc, p, cfg) for p in planned]
+    if compile_model:  # one shape for the masked positions of every step (as run_benchmark's compiled rows)
+        slots = int(math.ceil(max(b["masked_tokens"] for b in batches) / 128) * 128)
+        batches = [collate_step(strategy, mc, p, cfg, mlm_slots=slots) for p in planned]
     prep = prepare_row(precision, init_state, mcfg, cfg, device)
-    model = torch.compile(prep.model) if compile_model else prep.model
-    losses, seen, n = [], [], 0
+    model = compile_for(prep.model, strategy, cfg) if compile_model else prep.model
+    losses, seen, n, timers = [], [], 0, []
+    t0 = time.perf_counter()
     with tf32_context(prep.policy):
         for b in batches:
-            rec = train_step(model, to_device(b["inputs"], device), prep.optimizer, prep.policy, prep.scaler,
-                             mlm_loss, measure=False)
-            losses.append(rec.loss_tensor)
+            with StepTimer(device, sync=False) as t:  # compilation lands in the first step: what a run sees
+                rec = train_step(model, to_device(b["inputs"], device), prep.optimizer, prep.policy, prep.scaler,
+                                 mlm_loss, measure=False)
+            timers.append(t)
+            losses.append(rec.loss_tensor.clone())
             n += b["sequences"]
             seen.append(n)
-    return {"strategy": strategy, "precision": precision, "examples_seen": seen,
-            "loss": [float(x) for x in torch.stack(losses).float().cpu()]}
+    sync(device)
+    ms = [t.ms for t in timers]
+    return {"strategy": strategy, "precision": precision, "compiled": compile_model, "examples_seen": seen,
+            "loss": [float(x) for x in torch.stack(losses).float().cpu()], "step_ms": ms,
+            "wall_s": time.perf_counter() - t0}
 
 
 class PlannedSteps(torch.utils.data.Dataset):
@@ -563,12 +657,22 @@ def run_benchmark(cfg: BenchConfig, command: str = "", extra: dict[str, Any] | N
     mcfg = model_config(cfg.model, cfg.max_length)
     torch.manual_seed(cfg.seed)
     init_state = {k: v.detach().clone() for k, v in EncoderForMaskedLM(mcfg).state_dict().items()}
-    peak = matmul_peak_tflops(device) if device.type == "cuda" else matmul_peak_tflops(device, n=512, reps=3, dtype=torch.float32)
+    def peak_now() -> float:
+        return matmul_peak_tflops(device) if device.type == "cuda" else \
+            matmul_peak_tflops(device, n=512, reps=3, dtype=torch.float32)
+
+    peaks = [peak_now()]
+    peak = peaks[0]
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
         "torch": torch.__version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command, "matmul_peak_tflops": peak,
-        "peak_note": "8192^3 bf16 matmul on random data, median of 10" if device.type == "cuda" else "512^3 fp32 matmul (CPU)",
+        "peak_note": ("8192^3 bf16 matmul on random data, median of 10, sampled before the rows, after every "
+                      "fourth and after the last; the highest sample is the MFU denominator") if device.type == "cuda"
+        else "512^3 fp32 matmul (CPU)",
+        "matmul_peak_samples_tflops": peaks,
+        "throughput_statistic": "total real tokens / total step time of a pass (cold: the first pass, "
+                                "compiling; warm: the same steps again); median_step_* is the median step",
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
         "model": dataclasses.asdict(mcfg),
         "body_parameters": EncoderForMaskedLM(mcfg).body_parameters(),
@@ -589,10 +693,14 @@ def run_benchmark(cfg: BenchConfig, command: str = "", extra: dict[str, Any] | N
         row = run_row(s, p, steps, init_state, mcfg, cfg, device, peak, compiled)
         row.update(pool_size=first.pool_size, pool_unit=first.pool_unit, strategy_options=first.options)
         result["rows"].append(row)
+        if len(result["rows"]) % 4 == 0:
+            peaks.append(peak_now())
         if on_row is not None:
             on_row(result)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    peaks.append(peak_now())
+    add_peaks(result)
     sp = speedups(result) if rows_where(result, strategy="fixed", precision="fp32", compiled=False) else {}
     for r in result["rows"]:
         r["speedup_vs_fixed_fp32"] = sp.get(row_label(r))
@@ -601,18 +709,74 @@ def run_benchmark(cfg: BenchConfig, command: str = "", extra: dict[str, Any] | N
     return result
 
 
+def add_peaks(result: dict[str, Any]) -> dict[str, Any]:
+    """MFU by both denominators on every row: the highest matmul sample of the run
+    (``matmul_peak_tflops``, with ``matmul_peak_spread_tflops``) and, on an H100/H200, the
+    datasheet's dense bf16 peak (:data:`DATASHEET_BF16_TFLOPS`, named with its source)."""
+    samples = result.get("matmul_peak_samples_tflops") or [result["matmul_peak_tflops"]]
+    peak = max(samples)
+    result.update(matmul_peak_tflops=peak, matmul_peak_spread_tflops=[min(samples), peak])
+    sheet = DATASHEET_BF16_TFLOPS if any(d in str(result.get("device")) for d in DATASHEET_BF16_TFLOPS["devices"]) else None
+    if sheet:
+        result.update(datasheet_peak_tflops=sheet["tflops"], datasheet_peak_source=sheet["source"])
+    for r in result["rows"]:
+        if r.get("model_tflops") is not None:
+            r["mfu"] = r["mfu_measured_peak"] = r["model_tflops"] / peak
+            r["mfu_datasheet"] = r["model_tflops"] / sheet["tflops"] if sheet else None
+    return result
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A fixed-width table of the rows of a result, best first."""
     if not isinstance(result, dict) or not isinstance(result.get("rows"), list):
         raise fail("result", result, "be a benchmark result (a dict with 'rows', as run_benchmark returns)")
-    lines = [f"device {result['device']}, torch {result['torch']}, peak {result['matmul_peak_tflops']:.0f} TFLOP/s",
+    sheet = result.get("datasheet_peak_tflops")
+    lines = [f"device {result['device']}, torch {result['torch']}, peak {result['matmul_peak_tflops']:.0f} TFLOP/s "
+             f"measured" + (f", {sheet:.1f} datasheet" if sheet else ""),
              f"{'strategy':<17}{'precision':<14}{'real tok/s':>12}{'cold tok/s':>12}{'padded':>8}"
-             f"{'mem GiB':>9}{'TFLOP/s':>9}{'MFU':>7}{'speed-up':>9}{'loss':>8}"]
+             f"{'mem GiB':>9}{'TFLOP/s':>9}{'MFU':>7}{'MFU ds':>7}{'speed-up':>9}{'loss':>8}{'recomp':>7}"]
     for r in sorted(result["rows"], key=lambda r: -r["real_tokens_per_s"]):
         mem = f"{r['peak_memory_bytes'] / 2**30:.1f}" if r["peak_memory_bytes"] else "-"
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+        mds = f"{r['mfu_datasheet']:.1%}" if r.get("mfu_datasheet") is not None else "-"
         sp = f"{r['speedup_vs_fixed_fp32']:.1f}x" if r.get("speedup_vs_fixed_fp32") else "-"
         name = r["strategy"] + ("*" if r["compiled"] else "")
         lines.append(f"{name:<17}{r['precision']:<14}{r['real_tokens_per_s']:>12,.0f}{r['cold_real_tokens_per_s']:>12,.0f}"
-                     f"{r['padded_fraction']:>8.1%}{mem:>9}{r['model_tflops']:>9.1f}{mfu:>7}{sp:>9}{r['loss']:>8.3f}")
+                     f"{r['padded_fraction']:>8.1%}{mem:>9}{r['model_tflops']:>9.1f}{mfu:>7}{mds:>7}{sp:>9}{r['loss']:>8.3f}"
+                     f"{str(r.get('recompiles', '-')):>7}")
     return "\n".join(lines)
+
+
+def padded_widths(strategy: str, cfg: Any, n_steps: int | None = None) -> np.ndarray:
+    """The padded width (tokens per row) of each of the first ``n_steps`` steps of a padding strategy
+    under a :class:`BenchConfig` (the bench's own plan).
+
+    Each distinct width is a new tensor shape: kernels that plan per shape (cuDNN attention)
+    pay that planning once per width.
+    """
+    if not isinstance(cfg, BenchConfig):
+        raise fail("cfg", cfg, "be a BenchConfig")
+    check_choice("strategy", strategy, tuple(s for s, spec in STRATEGIES.items() if not spec.packs))
+    n_steps = check_int("n_steps", n_steps if n_steps is not None else cfg.timed_steps, min_value=1)
+    corpus = load_corpus(cfg.corpus)
+    lens = np.minimum(corpus.lengths, cfg.max_length)
+    # Only the lengths matter for the plan: no masks drawn.
+    mc = MaskedCorpus(corpus, corpus.token_ids, corpus.token_ids, lens)
+    widths = []
+    for step in plan_steps(strategy, mc, cfg, n_steps)[0]:
+        w = cfg.max_length if strategy == "fixed" else int(lens[step].max())
+        if strategy == "dynamic-multiple":
+            w = min(cfg.max_length, -(-w // cfg.pad_to_multiple_of) * cfg.pad_to_multiple_of)
+        widths.append(w)
+    return np.array(widths, dtype=np.int64)
+
+
+def flop_shares(model: str, seq_lengths: Any, masked_tokens: int, max_length: int = 512) -> dict[str, float]:
+    """Shares of :func:`padlab.models.model_flops` (real work) for one step of ``seq_lengths``:
+    ``"attention"`` (``12 x layers x hidden x sum(len^2)``), ``"mlm head"`` and ``"body matmuls"``."""
+    mcfg = model_config(model, max_length)
+    lens = np.asarray(seq_lengths, dtype=np.int64)
+    total = model_flops(mcfg, int(lens.sum()), masked_tokens, lens)
+    attn = 12 * mcfg.layers * mcfg.hidden * int((lens ** 2).sum())
+    head = 6 * parameter_counts(mcfg)["mlm_head"] * masked_tokens
+    return {"attention": attn / total, "mlm head": head / total, "body matmuls": (total - attn - head) / total}

@@ -34,21 +34,22 @@ from .._validate import check_choice, check_int, fail
 from ..precision import POLICIES
 
 __all__ = ["SHIPPED", "WORK", "load_result", "save_result", "is_history", "result_for_work", "rows_where", "best_row",
-           "row_label", "speedups", "curve_seconds", "loss_at", "padded_widths", "flop_shares",
+           "row_label", "speedups", "curve_seconds", "loss_at", "time_to_loss",
            "load_matrix", "summarize_matrix", "speed_table"]
 
 WORK = ("tokens", "sequences")
 
 #: The shipped reference results (``data/benchmarks/``), by what they hold.
 SHIPPED = {"tokens": "bench_h100_tokens.json", "extra": "bench_h100_extra.json",
-           "tune": "bench_h100_tune.json", "sdpa_probe": "h100_sdpa_probe.json"}
+           "tune": "bench_h100_tune.json", "sdpa_probe": "h100_sdpa_probe.json",
+           "h200": "bench_h200.json"}
 
 
 def load_result(path: Any) -> dict[str, Any]:
     """Read a benchmark JSON file (a ``padlab bench`` result or one of the reference files).
 
     ``path`` may also be a key of :data:`SHIPPED` (``"tokens"``, ``"extra"``, ``"tune"``,
-    ``"sdpa_probe"``): the shipped H100 file of that name.
+    ``"sdpa_probe"``: the shipped H100 files, history; ``"h200"``: the H200 reference run).
     """
     from ..data import data_dir
 
@@ -150,8 +151,11 @@ def speedups(result_or_rows: Any, *, precision: str | None = None) -> dict[str, 
 
 
 def curve_seconds(curve: dict[str, Any]) -> np.ndarray:
-    """Wall-clock seconds at the end of each step of a loss curve (its ``wall_s`` spread evenly)."""
+    """Seconds at the end of each step of a loss curve: its own step times (``step_ms``) summed
+    where it has them, else its ``wall_s`` spread evenly (older results)."""
     n = len(curve.get("loss", ()))
+    if curve.get("step_ms") is not None and len(curve["step_ms"]) == n and n:
+        return np.cumsum(np.asarray(curve["step_ms"], dtype=np.float64)) / 1e3
     if n == 0 or not isinstance(curve.get("wall_s"), (int, float)) or curve["wall_s"] <= 0:
         raise fail("curve", {k: curve.get(k) for k in ("strategy", "wall_s")}, "have a non-empty 'loss' and wall_s > 0")
     return curve["wall_s"] * np.arange(1, n + 1) / n
@@ -173,46 +177,35 @@ def loss_at(curve: dict[str, Any], *, examples: int | None = None, seconds: floa
     return float(loss[max(0, i - window + 1):i + 1].mean())
 
 
-def padded_widths(strategy: str, cfg: Any, n_steps: int | None = None) -> np.ndarray:
-    """The padded width (tokens per row) of each of the first ``n_steps`` steps of a padding strategy
-    under a :class:`~padlab.experiments.bench.BenchConfig` (the bench's own plan).
+def time_to_loss(baseline: dict[str, Any], best: dict[str, Any], *, window: int = 5) -> dict[str, Any]:
+    """Seconds for each of two loss curves over the same number of steps to reach the baseline's
+    final loss: the mean of its last ``window`` losses; a curve reaches it at the first step whose
+    ``window``-step running mean is at or below it. ``seconds`` counts every step trained so far
+    (compilation, in a compiled curve's first step, included); ``seconds_after_first_step``
+    leaves the first step out. ``ratio``: baseline seconds over best seconds (``None`` where the
+    best never got there)."""
+    window = check_int("window", window, min_value=1)
+    if len(baseline.get("loss", ())) != len(best.get("loss", ())) or len(baseline["loss"]) < window:
+        raise fail("best", len(best.get("loss", ())), f"have as many steps as the baseline ({len(baseline.get('loss', ()))}), "
+                   f"at least window={window}")
+    target = float(np.mean(baseline["loss"][-window:]))
 
-    Each distinct width is a new tensor shape: kernels that plan per shape (cuDNN attention)
-    pay that planning once per width.
-    """
-    from ..data import load_corpus
-    from ..strategies import STRATEGIES
-    from .bench import BenchConfig, MaskedCorpus, plan_steps
+    def reach(curve: dict[str, Any]) -> dict[str, Any]:
+        loss = np.asarray(curve["loss"], dtype=np.float64)
+        run = np.convolve(loss, np.ones(window), "full")[:len(loss)] / np.minimum(np.arange(1, len(loss) + 1), window)
+        sec = curve_seconds(curve)
+        hit = np.flatnonzero(run <= target)
+        i = int(hit[0]) if hit.size else None
+        return {"strategy": curve.get("strategy"), "precision": curve.get("precision"), "compiled": curve.get("compiled"),
+                "step": i, "seconds": float(sec[i]) if i is not None else None,
+                "seconds_after_first_step": float(sec[i] - sec[0]) if i is not None else None}
 
-    if not isinstance(cfg, BenchConfig):
-        raise fail("cfg", cfg, "be a BenchConfig")
-    check_choice("strategy", strategy, tuple(s for s, spec in STRATEGIES.items() if not spec.packs))
-    n_steps = check_int("n_steps", n_steps if n_steps is not None else cfg.timed_steps, min_value=1)
-    corpus = load_corpus(cfg.corpus)
-    lens = np.minimum(corpus.lengths, cfg.max_length)
-    # Only the lengths matter for the plan: no masks drawn.
-    mc = MaskedCorpus(corpus, corpus.token_ids, corpus.token_ids, lens)
-    widths = []
-    for step in plan_steps(strategy, mc, cfg, n_steps)[0]:
-        w = cfg.max_length if strategy == "fixed" else int(lens[step].max())
-        if strategy == "dynamic-multiple":
-            w = min(cfg.max_length, -(-w // cfg.pad_to_multiple_of) * cfg.pad_to_multiple_of)
-        widths.append(w)
-    return np.array(widths, dtype=np.int64)
-
-
-def flop_shares(model: str, seq_lengths: Any, masked_tokens: int, max_length: int = 512) -> dict[str, float]:
-    """Shares of :func:`padlab.models.model_flops` (real work) for one step of ``seq_lengths``:
-    ``"attention"`` (``12 x layers x hidden x sum(len^2)``), ``"mlm head"`` and ``"body matmuls"``."""
-    from ..models import model_flops, parameter_counts
-    from .bench import model_config
-
-    mcfg = model_config(model, max_length)
-    lens = np.asarray(seq_lengths, dtype=np.int64)
-    total = model_flops(mcfg, int(lens.sum()), masked_tokens, lens)
-    attn = 12 * mcfg.layers * mcfg.hidden * int((lens ** 2).sum())
-    head = 6 * parameter_counts(mcfg)["mlm_head"] * masked_tokens
-    return {"attention": attn / total, "mlm head": head / total, "body matmuls": (total - attn - head) / total}
+    out: dict[str, Any] = {"target_loss": target, "window": window, "steps": len(baseline["loss"]),
+                           "baseline": reach(baseline), "best": reach(best)}
+    for key, field in (("ratio", "seconds"), ("ratio_after_first_step", "seconds_after_first_step")):
+        b, t = out["baseline"][field], out["best"][field]
+        out[key] = b / t if b and t else None
+    return out
 
 
 # --------------------------------------------------------------------------- amp matrix results
