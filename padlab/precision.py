@@ -201,7 +201,8 @@ def check_policy(name: "str | Policy", device: "str | torch.device") -> PolicyCh
                                        "bf16-amp on this CPU")
     if half == torch.bfloat16:
         speed = ("this CPU has native bf16 instructions" if _cpu_has_native_bf16() else
-                 "without AVX512-BF16 or AMX (as here) bf16 is slower than fp32, but its numbers are the same")
+                 "without AVX512-BF16 or AMX (as here) bf16 is slower than fp32; its results agree with "
+                 "fp32's within tolerance, not bit for bit (each CPU kernel family rounds its sums differently)")
         return PolicyCheck(True, False, f"{policy.description}; {speed}")
     return PolicyCheck(True, False, policy.description)
 
