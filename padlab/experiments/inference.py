@@ -398,7 +398,8 @@ def time_forward(prepared: InferenceModel, batches: Sequence[Mapping[str, Any]],
     ``repeats`` timed passes; each batch is timed alone (CUDA events with a sync after each
     batch on a GPU, the host clock elsewhere), so a batch's time is its latency, launch overhead
     included. Returns the median, first and third quartile ms per batch, ``sequences_per_s``
-    and ``real_tokens_per_s`` (and ``padded_tokens_per_s``) over all timed batches.
+    and ``real_tokens_per_s`` (and ``padded_tokens_per_s``) over all timed batches, the copy's
+    ``weight_bytes`` and, on CUDA, ``peak_memory_bytes`` (weights plus the largest activations).
     """
     if not isinstance(prepared, InferenceModel):
         raise fail("prepared", prepared, "be an InferenceModel from prepare_inference()")
@@ -418,6 +419,9 @@ def time_forward(prepared: InferenceModel, batches: Sequence[Mapping[str, Any]],
         model(b["input_ids"], **{k: b[k] for k in keys[1:] if k in b})
 
     times: list[float] = []
+    if dev.type == "cuda":
+        sync(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
     with warnings.catch_warnings(), torch.inference_mode(), prepared.context():
         warnings.simplefilter("ignore", PolicyWarning)
         for _ in range(warmup):
@@ -429,10 +433,12 @@ def time_forward(prepared: InferenceModel, batches: Sequence[Mapping[str, Any]],
                 with StepTimer(dev) as t:
                     run(b)
                 times.append(t.ms)
+    peak = int(torch.cuda.max_memory_allocated(dev)) if dev.type == "cuda" else None
     total_s = sum(times) / 1e3
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     return {"batch_size": max(seqs), "batches": len(on_dev), "repeats": repeats, "warmup": warmup,
             "ms_median": statistics.median(times), "ms_q1": q[0], "ms_q3": q[2],
             "sequences_per_s": sum(seqs) * repeats / total_s, "real_tokens_per_s": sum(real) * repeats / total_s,
             "padded_tokens_per_s": sum(slots) * repeats / total_s,
-            "mean_padded_length": sum(slots) / sum(seqs), "mean_real_length": sum(real) / sum(seqs)}
+            "mean_padded_length": sum(slots) / sum(seqs), "mean_real_length": sum(real) / sum(seqs),
+            "peak_memory_bytes": peak, "weight_bytes": prepared.weight_bytes}
