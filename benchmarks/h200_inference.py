@@ -40,22 +40,28 @@ from pathlib import Path
 import torch
 
 from padlab.data import load_corpus
-from padlab.env import resolve_device
+from padlab.env import detect_device, resolve_device
 from padlab.experiments import amp_matrix, inference, results
 from padlab.experiments.bench import matmul_peak_tflops
 from padlab.models import EncoderConfig, EncoderForSequenceClassification
-from padlab.precision import PolicyWarning
+from padlab.precision import PolicyWarning, tf32_mode
 
 DEFAULT_TASKS = ("wordnet-topic", "wordnet-length", "wordnet-length-offset")
 
 
 def _device_info(dev: torch.device) -> dict:
+    """padlab.env.detect_device's record, plus the GPU's memory and CUDA version."""
+    info = detect_device(dev.type).as_dict()
     if dev.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(dev)
-        props = torch.cuda.get_device_properties(dev)
-        return {"type": "cuda", "name": torch.cuda.get_device_name(dev), "capability": f"{major}.{minor}",
-                "memory_gib": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda}
-    return {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+        info["memory_gib"] = round(torch.cuda.get_device_properties(dev).total_memory / 2**30, 1)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def fp32_peak(dev: torch.device) -> float:
+    """The fp32 matmul peak with TF32 off (exact float32, as the fp32 rows run)."""
+    with tf32_mode(False):
+        return matmul_peak_tflops(dev, dtype=torch.float32)
 
 
 def _error(exc: BaseException) -> str:
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if dev.type == "cuda":
         try:
             out["peak_tflops"] = {"bf16": matmul_peak_tflops(dev, dtype=torch.bfloat16),
-                                  "fp32": matmul_peak_tflops(dev, dtype=torch.float32), "n": 8192,
+                                  "fp32": fp32_peak(dev), "n": 8192,
                                   "what": "median TFLOP/s of an 8192^3 matmul on random data, TF32 off"}
         except Exception as exc:  # noqa: BLE001
             out["peak_tflops"] = {"error": _error(exc)}
@@ -214,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             model = trained_topic
         else:
             torch.manual_seed(0)
-            model = EncoderForSequenceClassification(cfg)
+            model = EncoderForSequenceClassification(cfg).to(dev)   # each precision's copy is then a device copy
         for q in runnable:
             try:
                 prepared = inference.prepare_inference(model, q, dev)

@@ -317,7 +317,7 @@ def test_script_quick_run_writes_every_section(tmp_path):
     assert {"device", "torch", "date", "command", "config", "fp8", "skipped", "train_rows", "accuracy_rows",
             "speed_rows", "verdict"} <= set(data)
     assert data["command"] == "python benchmarks/h200_inference.py --quick --steps 2 --out inference.json"
-    assert data["last_section"] == "done" and data["device"]["type"] == "cpu"
+    assert data["last_section"] == "done" and data["device"]["device"] == "cpu"
     assert data["skipped"] == [{"precision": "fp8-matmul", "reason": inference.fp8_support("cpu").reason}]
     assert set(data["verdict"]["tasks"]) == {"wordnet-topic", "wordnet-length", "wordnet-length-offset"}
     assert {(r["batch_size"], r["precision"]) for r in data["speed_rows"]} == {
