@@ -33,6 +33,7 @@ a 16 x 16 product to be sure). A precision the device cannot run is skipped, wit
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import statistics
 import warnings
@@ -121,8 +122,14 @@ class Fp8Support(NamedTuple):
 
 
 def fp8_support(device: "str | torch.device" = "cpu") -> Fp8Support:
-    """Probe fp8 on ``device``: the dtypes, ``torch._scaled_mm``, the GPU's capability and one tiny product."""
-    dev = resolve_device(device)
+    """Probe fp8 on ``device``: the dtypes, ``torch._scaled_mm``, the GPU's capability and one tiny product
+    (run once per device and process; every later call returns the same answer)."""
+    return _fp8_probe(str(resolve_device(device)))
+
+
+@functools.lru_cache(maxsize=None)
+def _fp8_probe(device: str) -> Fp8Support:
+    dev = torch.device(device)
     dtypes = hasattr(torch, "float8_e4m3fn")
     has_mm = hasattr(torch, "_scaled_mm")
     cap = tuple(torch.cuda.get_device_capability(dev)) if dev.type == "cuda" else None
