@@ -45,7 +45,7 @@ from .precision import Policy, Prepared, autocast_context, get_policy, prepare, 
 
 __all__ = [
     "StepRecord", "TrainRun", "LR_SCHEDULES", "FP16_FLUSH_THRESHOLD",
-    "train_step", "train", "evaluate", "to_device", "model_device", "default_loss", "cycle_epochs",
+    "train_step", "train", "evaluate", "predict", "score", "to_device", "model_device", "default_loss", "cycle_epochs",
     "make_lr_schedule", "flat_gradients", "underflow_count", "NORMALIZATIONS", "count_targets", "causal_lm_loss",
 ]
 
@@ -468,19 +468,13 @@ def train(model: nn.Module, loader: Iterable[Mapping[str, Any]], policy: "str | 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Any]], policy: "str | Policy", *,
-             task: str = "classification", target_mean: float = 0.0, target_std: float = 1.0) -> dict[str, float]:
-    """Score ``model`` on ``batches`` under ``policy``'s forward context (no gradients).
+def predict(model: nn.Module, batches: Iterable[Mapping[str, Any]], policy: "str | Policy") -> tuple[Tensor, Tensor]:
+    """``(logits, labels)`` of ``model`` over ``batches`` under ``policy``'s forward context (no gradients).
 
-    ``classification``: ``accuracy`` and ``loss`` (mean cross-entropy). ``regression``: the
-    prediction and the label are both mapped back to target units by ``y * target_std +
-    target_mean`` (in float64), then ``mae``, ``rmse`` and ``max_error``; ``nonfinite`` counts
-    NaN/inf predictions (those count as errors of inf). The model's train/eval mode is restored.
+    The logits are float32, concatenated over the batches (one row per sequence), the labels as
+    the batches hold them; both stay on the model's device. The model's train/eval mode is restored.
     """
     policy = get_policy(policy)
-    check_choice("task", task, ("classification", "regression"))
-    target_mean = check_float("target_mean", target_mean)
-    target_std = check_float("target_std", target_std, min_value=0.0, min_inclusive=False)
     dev = model_device(model)
     was_training = model.training
     model.eval()
@@ -496,8 +490,22 @@ def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Any]], policy: "st
         model.train(was_training)
     if not preds:
         raise fail("batches", batches, "yield at least one batch")
-    p = torch.cat(preds)
-    y = torch.cat(labels)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def score(logits: Tensor, labels: Tensor, *, task: str = "classification", target_mean: float = 0.0,
+          target_std: float = 1.0) -> dict[str, float]:
+    """The metrics of :func:`evaluate` from predictions (``logits`` and ``labels`` as :func:`predict` gives them).
+
+    ``classification``: ``accuracy`` and ``loss`` (mean cross-entropy). ``regression``: the
+    prediction and the label are both mapped back to target units by ``y * target_std +
+    target_mean`` (in float64), then ``mae``, ``rmse`` and ``max_error``; ``nonfinite`` counts
+    NaN/inf predictions (those count as errors of inf).
+    """
+    check_choice("task", task, ("classification", "regression"))
+    target_mean = check_float("target_mean", target_mean)
+    target_std = check_float("target_std", target_std, min_value=0.0, min_inclusive=False)
+    p, y = logits.float(), labels
     if task == "classification":
         acc = (p.argmax(-1) == y).double().mean().item()
         loss = torch.nn.functional.cross_entropy(p, y).item()
@@ -511,3 +519,20 @@ def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Any]], policy: "st
             "exact_fraction": (err < 0.5).double().mean().item(), "nonfinite": int(bad.sum()),
             "n": int(y.numel())}
 
+
+def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Any]], policy: "str | Policy", *,
+             task: str = "classification", target_mean: float = 0.0, target_std: float = 1.0) -> dict[str, float]:
+    """Score ``model`` on ``batches`` under ``policy``'s forward context (no gradients):
+    :func:`score` of :func:`predict`.
+
+    ``classification``: ``accuracy`` and ``loss`` (mean cross-entropy). ``regression``: the
+    prediction and the label are both mapped back to target units by ``y * target_std +
+    target_mean`` (in float64), then ``mae``, ``rmse`` and ``max_error``; ``nonfinite`` counts
+    NaN/inf predictions (those count as errors of inf). The model's train/eval mode is restored.
+    """
+    policy = get_policy(policy)
+    check_choice("task", task, ("classification", "regression"))
+    target_mean = check_float("target_mean", target_mean)
+    target_std = check_float("target_std", target_std, min_value=0.0, min_inclusive=False)
+    logits, labels = predict(model, batches, policy)
+    return score(logits, labels, task=task, target_mean=target_mean, target_std=target_std)
