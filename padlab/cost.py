@@ -548,7 +548,7 @@ def _proxy_saved(config, precision: str, layers: int, tokens: int, masked: int, 
     torch.manual_seed(0)
     model = EncoderForMaskedLM(cfg) if with_head else Encoder(cfg)
     model.train()
-    width = 64
+    width = 64 if cfg.max_position >= 64 else 1 << (cfg.max_position.bit_length() - 1)  # divides 64 and 128
     stream = load_corpus("fortunes").token_ids[: tokens].astype(np.int64) % cfg.vocab_size
     ids = torch.from_numpy(stream).reshape(tokens // width, width)   # rows of real text, no padding
     mask = torch.ones_like(ids)
