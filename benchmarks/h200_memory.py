@@ -52,6 +52,7 @@ import os
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import datetime as dt  # noqa: E402
 import gc  # noqa: E402
 import platform  # noqa: E402
@@ -298,6 +299,8 @@ def main(argv=None) -> dict:
         try:
             mcfg = model_config(stand_in[m], max_length, gradient_checkpointing=ck)
             row["model_config"] = {k: getattr(mcfg, k) for k in ("hidden", "layers", "heads", "ffn", "vocab_size")}
+            # what the estimate scales: bytes per token and layer measured on a CPU proxy
+            row["activation_profile"] = dataclasses.asdict(activation_profile(mcfg, row["precision"]))
             trainer = Trainer(mcfg, row["precision"], device, args.seed)
             points = []
             for t in fit_tokens:

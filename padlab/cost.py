@@ -576,7 +576,7 @@ def activation_profile(config, precision: str = "bf16-amp", optimizer: str = "ad
     scores are not modelled. Parameter parts come from :func:`parameter_memory` on the same
     proxies (parameters are linear in the depth too).
     """
-    from .models import EncoderConfig, EncoderForMaskedLM
+    from .models import EncoderConfig
 
     if not isinstance(config, EncoderConfig):
         raise fail("config", config, "be a padlab.models.EncoderConfig")
