@@ -173,12 +173,14 @@ def under_cap(trainer: Trainer, step: dict, budget: int) -> dict:
     trainer.reset()
     rec = {"slots": step["slots"], "real_tokens": step["real_tokens"], "budget_bytes": budget}
     torch.cuda.set_per_process_memory_fraction(budget / total, dev)
+    torch.cuda.reset_peak_memory_stats(dev)
     try:
         batch = to_device(step["inputs"], dev)
         trainer.step(batch)
         trainer.step(batch)
         sync(dev)
-        rec.update(fits=True, peak_reserved=int(torch.cuda.max_memory_reserved(dev)))
+        rec.update(fits=True, peak_reserved=int(torch.cuda.max_memory_reserved(dev)),
+                   peak_allocated=int(torch.cuda.max_memory_allocated(dev)))
         del batch
     except torch.OutOfMemoryError as exc:
         rec.update(fits=False, error=f"OutOfMemoryError: {str(exc).splitlines()[0][:200]}")
@@ -293,9 +295,10 @@ def main(argv=None) -> dict:
             save()
             continue
         row: dict = {"model": m, "recipe": recipe, "strategy": strategy_for(recipe, cuda), "precision": RECIPES[recipe][1],
-                     "checkpointing": ck, "stand_in": stand_in[m], "unit": "row of 512 slots" if slot_unit(recipe) > 1
+                     "checkpointing": ck, "stand_in": stand_in[m], "unit": f"row of {max_length} slots" if slot_unit(recipe) > 1
                      else ("padded slots" if RECIPES[recipe][0] == "bucketed" else "real tokens (no padding)")}
         t_row = time.perf_counter()
+        trainer = None
         try:
             mcfg = model_config(stand_in[m], max_length, gradient_checkpointing=ck)
             row["model_config"] = {k: getattr(mcfg, k) for k in ("hidden", "layers", "heads", "ffn", "vocab_size")}
@@ -338,6 +341,13 @@ def main(argv=None) -> dict:
                                                if b["measured_fit_max_tokens"] else None)
                 if slot_unit(recipe) > 1:
                     b["estimated_max_rows"] = est_max // max_length
+                # real tokens such a step holds: the fit steps' real tokens per slot (fixed and bucketed pad)
+                per_slot = float(np.mean([p["real_tokens"] / p["slots"] for p in points]))
+                b["real_tokens_at_estimated_max"] = int(est_max * per_slot)
+                if (stand_in[m], row["precision"]) in chapter and m == "bert-base" and not ck:
+                    c00 = chapter[stand_in[m], row["precision"]]
+                    b["chapter00_max_tokens"] = max(0, int((budget - chapter00_peak(c00, 0))
+                                                           / c00["saved_per_token_bytes"]))
                 row["budgets"][name] = b
             row["fit_wall_s"] = time.perf_counter() - t_row
             if row["fit_allocated"]:
@@ -353,6 +363,7 @@ def main(argv=None) -> dict:
                     "estimate_over_measured_per_point": [p["estimate_over_measured"] for p in points]}
         except Exception as exc:  # noqa: BLE001 - one row's failure (OOM, a missing kernel) is recorded
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            trainer = None
             gc.collect()
             if cuda:
                 torch.cuda.empty_cache()
@@ -385,6 +396,7 @@ def main(argv=None) -> dict:
                                           "why": why})
                 save()
                 continue
+            trainer = None
             try:
                 mcfg = model_config(stand_in[m], max_length, gradient_checkpointing=ck)
                 trainer = Trainer(mcfg, b["precision"], device, args.seed)
@@ -399,11 +411,13 @@ def main(argv=None) -> dict:
                 del trainer
             except Exception as exc:  # noqa: BLE001 - recorded, the other checks go on
                 b["verified"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+            trainer = None  # noqa: F841 - the model goes before the next one is built
             gc.collect()
             torch.cuda.empty_cache()
             save()
     result["wall_s"] = elapsed()
-    result["complete"] = not result["skipped"]
+    # complete: every row estimated and fitted; verifications the time guard or the corpus skipped are listed
+    result["complete"] = not any(x["phase"] == "fit" for x in result["skipped"])
     save()
     print(format_table(result))
     return result
