@@ -16,14 +16,16 @@ For each row:
 1. **Estimate** (:func:`padlab.cost.training_memory`, :func:`padlab.cost.max_tokens_per_step`):
    parameter parts from :func:`padlab.cost.parameter_memory` and activation bytes per token and
    layer measured on the CPU on a 1-2 layer proxy of the same widths.
-2. **Measure**: a step is :func:`padlab.train.train_step` (forward, backward, fused AdamW); the
-   first step creates the optimizer state, so the second is measured: ``max_memory_allocated``
-   and ``max_memory_reserved`` from ``reset_peak_memory_stats`` before it. Done at three token
+2. **Measure**: a step is :func:`padlab.train.train_step` (forward, backward, fused AdamW). A
+   run's first step creates the optimizer state, so a small warm-up step (one row) creates it
+   first and the step at the measured size comes second: ``max_memory_allocated`` and
+   ``max_memory_reserved`` from ``reset_peak_memory_stats`` before it (every static tensor is then
+   allocated, as in step 2 of a real run; the warm-up halves the GPU time). Done at three token
    counts; a straight line ``peak = a + b x tokens`` is fitted (allocated and reserved).
 3. **Predict** the largest tokens per step for each budget from the reserved fit (what a cap
    limits); 16 GB is a T4 (no bf16): bf16 recipes run there in ``fp16-amp``, verified as such.
-4. **Verify** under ``torch.cuda.set_per_process_memory_fraction(budget / total)``: two steps at
-   the prediction must fit, two at 1.15x it should raise an out-of-memory error; both recorded
+4. **Verify** under ``torch.cuda.set_per_process_memory_fraction(budget / total)``: the warm-up and
+   a step at the prediction must fit, a step at 1.15x it should raise an out-of-memory error; both recorded
    (the fraction is reset and the cache emptied after each). Verification is skipped, and says so,
    when its estimated time (from the fit's measured seconds per token) would pass ``--time-limit``.
 5. **Reconcile**: estimate / measured peak at every measured point, estimated / measured max tokens
@@ -40,10 +42,15 @@ fragmentation: the reserved peak stays close to the allocated one); the JSON rec
         2>&1 | tee data/benchmarks/h200_memory.log                              # on the H200, < 200 s
     python benchmarks/h200_memory.py --quick --out /tmp/memory.json              # CPU, tiny stand-ins
 
-H200 wall time (estimate): fits: 12 rows x 3 sizes x 2 steps at <= 16k tokens: BERT-large fp32
-~1 s a step (6 x 335M x 16k FLOPs at ~35 TFLOP/s), bf16 ~0.1 s, bert-base a third: ~40 s with
-model set-up; the CPU proxies for the estimates ~20 s; verification gets the rest of ``--time-limit``
-(175 s) and skips what its measured seconds per token say would not finish.
+H200 wall time (estimate, bounded by ``--time-limit`` 175 s plus imports): the CPU proxies of the
+estimates (bert-base and bert-large x fp32, bf16-amp, fp16-amp; 45 s on a loaded 2-core CPU, a few
+seconds per profile on a free many-core host); fits: 12 rows x 3 sizes (4k, 8k, 16k slots) x (one
+small warm-up + one measured step): BERT-large fp32 ~1 s a step at 16k (6 x 335M x 16k FLOPs at
+~35 TFLOP/s, TF32 off), bf16 ~0.1 s, bert-base a third of that: ~25 s; verification, every row's
+16 GB first, then 24 GB, then 80 GB, gets the rest: each check costs (prediction + 1.15 x
+prediction) x the seconds per token of the largest fit step, and is skipped (and listed in
+``skipped``) when that would pass ``--time-limit``. fp32 with checkpointing at 80 GB (~0.3-0.5M slots
+a step, 10+ s a step) is expected to be skipped; packed at more tokens than the corpus holds is.
 """
 from __future__ import annotations
 
@@ -121,7 +128,10 @@ def pick(steps: list[dict], target: int) -> dict:
 class Trainer:
     """One prepared model (weights, fused AdamW, scaler) on the device, reused across measurements."""
 
-    def __init__(self, mcfg, precision: str, device: torch.device, seed: int) -> None:
+    def __init__(self, mcfg, precision: str, device: torch.device, seed: int, warm: dict) -> None:
+        # ``warm``: a small collated step whose optimizer step creates AdamW's state cheaply, so
+        # that the measured step (the second) starts with every static tensor allocated
+        self.warm = warm
         torch.manual_seed(seed)
         with torch.device(device):  # initialised on the device: seconds saved for BERT-large
             model = EncoderForMaskedLM(mcfg)
@@ -147,11 +157,12 @@ class Trainer:
         train_step(p.model, batch, p.optimizer, p.policy, p.scaler, mlm_loss, measure=False)
 
     def measure(self, step: dict) -> dict:
-        """Two steps on ``step``'s batch; peaks of the second. Seconds of the second step too."""
+        """A warm-up step (the small ``warm`` batch: creates the optimizer state), then ``step``'s
+        batch with the peaks reset: its peak allocated and reserved bytes and its seconds."""
         self.reset()
         cuda = self.device.type == "cuda"
+        self.step(to_device(self.warm["inputs"], self.device))   # creates the optimizer state
         batch = to_device(step["inputs"], self.device)
-        self.step(batch)            # creates the optimizer state
         sync(self.device)
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -167,7 +178,8 @@ class Trainer:
 
 
 def under_cap(trainer: Trainer, step: dict, budget: int) -> dict:
-    """Two steps under a memory fraction of ``budget`` bytes: fits or the OOM error, recorded."""
+    """The warm-up step and ``step`` under a memory fraction of ``budget`` bytes: fits, or the
+    out-of-memory error, recorded."""
     dev = trainer.device
     total = torch.cuda.get_device_properties(dev).total_memory
     trainer.reset()
@@ -175,8 +187,8 @@ def under_cap(trainer: Trainer, step: dict, budget: int) -> dict:
     torch.cuda.set_per_process_memory_fraction(budget / total, dev)
     torch.cuda.reset_peak_memory_stats(dev)
     try:
+        trainer.step(to_device(trainer.warm["inputs"], dev))   # optimizer state, as in the fit
         batch = to_device(step["inputs"], dev)
-        trainer.step(batch)
         trainer.step(batch)
         sync(dev)
         rec.update(fits=True, peak_reserved=int(torch.cuda.max_memory_reserved(dev)),
@@ -304,7 +316,8 @@ def main(argv=None) -> dict:
             row["model_config"] = {k: getattr(mcfg, k) for k in ("hidden", "layers", "heads", "ffn", "vocab_size")}
             # what the estimate scales: bytes per token and layer measured on a CPU proxy
             row["activation_profile"] = dataclasses.asdict(activation_profile(mcfg, row["precision"]))
-            trainer = Trainer(mcfg, row["precision"], device, args.seed)
+            warm = pick(steps_for(recipe, mc, stand_in[m], max_length, max_length, cuda), max_length)
+            trainer = Trainer(mcfg, row["precision"], device, args.seed, warm)
             points = []
             for t in fit_tokens:
                 step = pick(steps_for(recipe, mc, stand_in[m], t, max_length, cuda), t)
@@ -382,7 +395,7 @@ def main(argv=None) -> dict:
             target = b["measured_fit_max_tokens"]
             unit = slot_unit(recipe, max_length)
             over_target = max(target + unit, int(target * OVER) // unit * unit) if target else 0
-            cost = 2 * (target + over_target) * row["seconds_per_token"] + 3.0
+            cost = (target + over_target) * row["seconds_per_token"] + 3.0
             why = None
             if not target:
                 why = "the fit predicts that nothing fits"
@@ -399,7 +412,8 @@ def main(argv=None) -> dict:
             trainer = None
             try:
                 mcfg = model_config(stand_in[m], max_length, gradient_checkpointing=ck)
-                trainer = Trainer(mcfg, b["precision"], device, args.seed)
+                warm = pick(steps_for(recipe, mc, stand_in[m], max_length, max_length, cuda), max_length)
+                trainer = Trainer(mcfg, b["precision"], device, args.seed, warm)
                 fit_step = pick(steps_for(recipe, mc, stand_in[m], target, max_length, cuda), target)
                 over_step = pick(steps_for(recipe, mc, stand_in[m], over_target, max_length, cuda), over_target)
                 v = {"at_prediction": under_cap(trainer, fit_step, budget), "at_over": under_cap(trainer, over_step, budget)}
