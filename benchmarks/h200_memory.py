@@ -213,7 +213,7 @@ def fit_line(x: list[float], y: list[float]) -> dict | None:
 
 
 def fit_max(fit: dict, budget: int, unit: int) -> int:
-    t = (budget - fit["a_bytes"]) / fit["b_bytes_per_token"]
+    t = (budget - fit["a_bytes"]) / fit["b_bytes_per_token"] + 1e-6   # a fit's rounding never drops a unit
     return max(0, int(t // unit) * unit)
 
 

@@ -213,3 +213,33 @@ def test_quick_run_writes_every_row(tmp_path):
     # chapter 00's estimate: the bert-base rows without checkpointing
     assert all(("chapter00_estimate" in r["points"][0]) == (not r["checkpointing"]) for r in rows)
     assert "max tokens per step" in mod.format_table(result)
+
+
+def test_fit_and_reconciliation_on_known_peaks(tmp_path, monkeypatch):
+    # the GPU fields, from peaks that follow a known line: the fit, the predicted maxima and the
+    # ratios are checked by hand (the CPU cannot measure an allocator)
+    spec = importlib.util.spec_from_file_location("h200_memory_fit", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    a, b = 3 * 2**30, 2**20   # 3 GiB + 1 MiB a slot
+    real_measure = mod.Trainer.measure
+
+    def measure(self, step):
+        out = real_measure(self, step)
+        peak = a + b * step["slots"]
+        return {**out, "peak_allocated": peak, "peak_reserved": peak}
+    monkeypatch.setattr(mod.Trainer, "measure", measure)
+    out = tmp_path / "m.json"
+    mod.main(["--quick", "--models", "bert-base", "--recipes", "fixed-512 fp32", "--out", str(out)])
+    row = json.loads(out.read_text())["rows"][0]
+    fit = row["fit_reserved"]
+    assert fit["a_bytes"] == pytest.approx(a) and fit["b_bytes_per_token"] == pytest.approx(b)
+    unit = 32   # --quick's max_length: fixed rows
+    for name, budget in mod.BUDGETS.items():
+        expected = int((budget - a) / b) // unit * unit
+        got = row["budgets"][name]
+        assert got["measured_fit_max_tokens"] == expected
+        assert got["estimate_over_measured"] == pytest.approx(got["estimated_max_tokens"] / expected)
+    p = row["points"][0]
+    assert p["estimate_over_measured"] == pytest.approx(p["estimate"]["total"] / (a + b * p["slots"]))
+    assert row["reconciliation"]["measured_bytes_per_token"] == pytest.approx(b)
