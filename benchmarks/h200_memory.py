@@ -342,9 +342,13 @@ def main(argv=None) -> dict:
             # the largest point's rate: small steps are dominated by launch overheads
             row["seconds_per_token"] = points[-1]["step_s"] / points[-1]["slots"]
             row["budgets"] = {}
+            # masked tokens per slot as the recipe's steps have them (15% of real tokens; padding is never masked)
+            mfrac = float(np.mean([p["masked_tokens"] / p["slots"] for p in points]))
+            row["masked_per_slot"] = mfrac
             for name, budget in BUDGETS.items():
                 prec = precision_for(recipe, name)
-                est_max = max_tokens_per_step(budget, mcfg, prec, checkpointing=ck, multiple_of=slot_unit(recipe, max_length))
+                est_max = max_tokens_per_step(budget, mcfg, prec, checkpointing=ck, masked_fraction=mfrac,
+                                              multiple_of=slot_unit(recipe, max_length))
                 b = {"precision": prec, "estimated_max_tokens": est_max,
                      "measured_fit_max_tokens": fit_max(row["fit_reserved"], budget, slot_unit(recipe, max_length))
                      if row["fit_reserved"] else None,
@@ -364,8 +368,10 @@ def main(argv=None) -> dict:
                 row["budgets"][name] = b
             row["fit_wall_s"] = time.perf_counter() - t_row
             if row["fit_allocated"]:
-                big = training_memory(mcfg, row["precision"], tokens=2 * fit_tokens[-1], checkpointing=ck)
-                small = training_memory(mcfg, row["precision"], tokens=fit_tokens[-1], checkpointing=ck)
+                big = training_memory(mcfg, row["precision"], tokens=2 * fit_tokens[-1],
+                                      masked_tokens=round(mfrac * 2 * fit_tokens[-1]), checkpointing=ck)
+                small = training_memory(mcfg, row["precision"], tokens=fit_tokens[-1],
+                                        masked_tokens=round(mfrac * fit_tokens[-1]), checkpointing=ck)
                 est_b = (big.total - small.total) / fit_tokens[-1]
                 row["reconciliation"] = {
                     "estimated_bytes_per_token": est_b,
@@ -382,6 +388,10 @@ def main(argv=None) -> dict:
                 torch.cuda.empty_cache()
         result["rows"].append(row)
         save()
+        fit = row.get("fit_allocated")
+        print(f"[{elapsed():6.1f} s] fit {label}: " + (f"error {row['error']}" if "error" in row else
+              f"{fit['a_bytes'] / 2**30:.2f} GiB + {fit['b_bytes_per_token'] / 2**10:.1f} KiB/token" if fit else
+              "estimated only (no GPU)"), flush=True)
 
     # phase 2: verify the predictions under a capped memory fraction (CUDA only): every row's 16 GB
     # first, then 24 GB, then 80 GB, so the time guard drops the costliest checks
@@ -422,6 +432,8 @@ def main(argv=None) -> dict:
                 # the cap is the allocator's: a run that "fits" above the budget means it was not enforced
                 v["cap_enforced"] = all(r.get("peak_reserved", 0) <= budget for r in (v["at_prediction"], v["at_over"]))
                 b["verified"] = v
+                print(f"[{elapsed():6.1f} s] verify {m} / {recipe} / ckpt {ck} / {name}: {target:,} fits "
+                      f"{v['prediction_fits']}, {over_step['slots']:,} raises OOM {v['over_raises_oom']}", flush=True)
                 del trainer
             except Exception as exc:  # noqa: BLE001 - recorded, the other checks go on
                 b["verified"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
