@@ -3,24 +3,13 @@ from __future__ import annotations
 
 import copy
 
-import matplotlib
+import numpy as np
+import pytest
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from padlab import viz, widgets  # noqa: E402
-from padlab.experiments import results as bench  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+from padlab import viz, widgets
+from padlab.experiments import results as bench
 
 
 def _bars(ax):
