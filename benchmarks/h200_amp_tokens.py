@@ -34,8 +34,8 @@ bf16-amp ~330; tf32 assumed 120), with an eager per-step floor (host-bound launc
 for the small model, 25 ms for BERT-base, from ``amp_matrix_h100.json``); every row runs its steps
 twice (cold, warm). With the defaults (20 steps a pass, at most ``--row-tokens`` = 524,288 tokens a
 pass, so 8 steps at 65,536) about 45 s of steps, plus start-up, model set-up and the profiles:
-about 80-100 s in all. ``--deadline`` (default 110 s) records the rows not started by then as
-skipped. Partial JSON is written after every row; a row that fails (an OOM, a missing kernel)
+about 70-90 s in all. ``--deadline`` (default 95 s into the run) records the rows and profiles
+not started by then as skipped. Partial JSON is written after every row; a row that fails (an OOM, a missing kernel)
 records its ``error`` and the others go on.
 
     python benchmarks/h200_amp_tokens.py --out data/benchmarks/h200_amp_tokens.json   # the H200, < 2 min
@@ -419,7 +419,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-steps", type=int, default=None, help="profiled steps (default 5; quick 1), after 3 warm-up")
     p.add_argument("--threshold", type=float, default=4.0, help="speed-up the verdict looks for")
     p.add_argument("--busy-below", type=float, default=0.5, help="launch-bound when GPU busy below this fraction")
-    p.add_argument("--deadline", type=float, default=110.0, help="rows not started after this many seconds are skipped")
+    p.add_argument("--deadline", type=float, default=95.0,
+                   help="rows and profiles not started this many seconds into the run are recorded as skipped")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     q = a.quick
