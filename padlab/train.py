@@ -76,11 +76,12 @@ def model_device(model: nn.Module) -> torch.device:
 def to_device(batch: Any, device: "str | torch.device") -> dict[str, Any]:
     """A new dict with every tensor of ``batch`` on ``device`` (non-blocking); other values as they are.
 
-    ``batch`` must be a mapping with ``input_ids`` (as padlab's collators make); the caller's
-    batch is left as it was. Integer maxima such as ``max_seqlen`` stay Python ints.
+    ``batch`` must be a mapping holding at least one tensor (as padlab's collators make); its keys
+    are the loss function's business (a custom ``loss_fn`` may take batches without ``input_ids``).
+    The caller's batch is left as it was. Integer maxima such as ``max_seqlen`` stay Python ints.
     """
-    if not isinstance(batch, Mapping) or "input_ids" not in batch:
-        raise fail("batch", batch, "be a mapping with 'input_ids' (as PaddingCollator makes)")
+    if not isinstance(batch, Mapping) or not any(isinstance(v, Tensor) for v in batch.values()):
+        raise fail("batch", batch, "be a mapping of tensors (as padlab's collators make)")
     dev = resolve_device(device)
     return {k: (v.to(dev, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in batch.items()}
 
@@ -92,8 +93,9 @@ def default_loss(model: nn.Module, batch: Mapping[str, Any], *, num_items_in_bat
     ``num_items_in_batch`` (gradient accumulation, see :func:`train_step`) is passed on to the model,
     as transformers' models take it: their loss is then the summed token loss divided by it.
     """
-    if "labels" not in batch:
-        raise fail("batch", sorted(batch), "hold 'labels' for the default loss")
+    for key in ("labels", "input_ids"):
+        if key not in batch:
+            raise fail("batch", sorted(batch), f"hold '{key}' for the default loss")
     kw = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
     if num_items_in_batch is not None:
         kw["num_items_in_batch"] = num_items_in_batch
@@ -290,7 +292,7 @@ def train_step(model: nn.Module, batch: "Mapping[str, Any] | list[Mapping[str, A
     else:
         micro = list(batch) if isinstance(batch, (list, tuple)) else None
         if not micro or not all(isinstance(b, Mapping) for b in micro):
-            raise fail("batch", batch, "be a mapping with 'input_ids' (as PaddingCollator makes), "
+            raise fail("batch", batch, "be a mapping of tensors (as padlab's collators make), "
                                        "or a non-empty list of them (micro-batches)")
         n_items = None
         if normalization == "token":

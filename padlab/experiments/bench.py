@@ -184,13 +184,16 @@ def _examples(mc: MaskedCorpus, idx: np.ndarray) -> list[dict[str, np.ndarray]]:
 
 def batch_size_for_budget(lengths: np.ndarray, max_tokens: int, make_batches: Callable[[int], list[np.ndarray]],
                           width: Callable[[np.ndarray], int]) -> int:
-    """The largest batch size whose batches hold at most ``max_tokens`` token slots on average."""
-    lo, hi = 1, max(1, max_tokens)
+    """The largest batch size whose batches hold at most ``max_tokens`` token slots on average.
+
+    A batch size that gives no batch at all (larger than the corpus, short batches dropped)
+    counts as too large.
+    """
+    lo, hi = 1, max(1, min(max_tokens, len(lengths)))
     while lo < hi:
         mid = (lo + hi + 1) // 2
         batches = make_batches(mid)
-        slots = np.mean([len(b) * width(lengths[b]) for b in batches])
-        if slots <= max_tokens:
+        if batches and np.mean([len(b) * width(lengths[b]) for b in batches]) <= max_tokens:
             lo = mid
         else:
             hi = mid - 1
