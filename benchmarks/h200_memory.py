@@ -180,7 +180,8 @@ class Trainer:
 def under_cap(trainer: Trainer, step: dict, budget: int) -> dict:
     """The warm-up step and ``step`` under a memory fraction of ``budget`` bytes: fits, or the
     out-of-memory error, recorded."""
-    dev = trainer.device
+    # set_per_process_memory_fraction wants an indexed device ("cuda" alone raised ValueError on the H200).
+    dev = torch.device("cuda", torch.cuda.current_device()) if trainer.device.index is None else trainer.device
     total = torch.cuda.get_device_properties(dev).total_memory
     trainer.reset()
     rec = {"slots": step["slots"], "real_tokens": step["real_tokens"], "budget_bytes": budget}
