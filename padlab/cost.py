@@ -17,7 +17,8 @@ from .precision import POLICIES
 __all__ = ["BYTES_PER_ELEMENT", "PARAMETER_STORAGE", "OPTIMIZER_STATES", "SDPA_KERNELS", "CAST_MODULES",
            "ParameterMemory", "parameter_memory", "cast_parameters", "measured_parameter_memory",
            "saved_activation_bytes", "op_names", "sdpa_ops", "sdpa_backend_used", "flop_count", "median_time",
-           "Scaling", "time_scaling", "TimeVerdict", "compare_times"]
+           "Scaling", "time_scaling", "TimeVerdict", "compare_times", "ActivationProfile", "activation_profile",
+           "TrainingMemory", "training_memory", "max_tokens_per_step"]
 
 #: Bytes per element of each storage precision.
 BYTES_PER_ELEMENT = {"fp64": 8, "fp32": 4, "bf16": 2, "fp16": 2}
@@ -507,3 +508,214 @@ def compare_times(seconds: dict[str, float], reference: str = "fp32", *, toleran
             verdict, tail = "slower", f"{r:.1f}x slower"
         out.append(TimeVerdict(name, float(t), r, verdict, f"{name}: {r:.2f}x {reference}'s time, {tail}"))
     return out
+
+
+# --------------------------------------------------------------------------- training memory budget
+
+@dataclass(frozen=True)
+class ActivationProfile:
+    """Bytes a training step keeps, per token and per layer, measured on a small proxy (see
+    :func:`activation_profile`); :func:`training_memory` scales them to any depth and token count.
+
+    ``layer_per_token``: bytes one layer saves for backward per token position (checkpointing off);
+    ``layer_fixed``: bytes one layer saves whatever the tokens (autocast's half copies of its
+    weights, which autocast keeps for backward; 0 without autocast); ``checkpoint_per_token``:
+    bytes one checkpointed layer keeps per token (its input); ``embed_per_token``: embeddings
+    and the final LayerNorm per token; ``head_per_masked``: the masked-LM head and loss per
+    masked token (hidden states, the ``(M, vocab)`` logits, their float32 copy, log-softmax);
+    ``params_fixed`` / ``params_per_layer``: :class:`ParameterMemory` parts (dicts) of the
+    layer-free model and of one layer; ``proxy``: what was measured.
+    """
+
+    layer_per_token: float
+    layer_fixed: float
+    checkpoint_per_token: float
+    embed_per_token: float
+    head_per_masked: float
+    params_fixed: dict
+    params_per_layer: dict
+    proxy: str
+
+
+def _proxy_saved(config, precision: str, layers: int, tokens: int, masked: int, checkpointing: bool,
+                 with_head: bool) -> int:
+    import torch
+
+    from .data import load_corpus
+    from .models import Encoder, EncoderForMaskedLM
+
+    cfg = config.replace(layers=layers, gradient_checkpointing=checkpointing, dropout=0.0)
+    torch.manual_seed(0)
+    model = EncoderForMaskedLM(cfg) if with_head else Encoder(cfg)
+    model.train()
+    width = 64 if cfg.max_position >= 64 else 1 << (cfg.max_position.bit_length() - 1)  # divides 64 and 128
+    stream = load_corpus("fortunes").token_ids[: tokens].astype(np.int64) % cfg.vocab_size
+    ids = torch.from_numpy(stream).reshape(tokens // width, width)   # rows of real text, no padding
+    mask = torch.ones_like(ids)
+    pos = torch.arange(masked) * (tokens // masked)                  # masked positions, evenly spread
+    policy = POLICIES[precision]
+    model = model.to(policy.param_dtype)
+
+    def run():
+        with torch.autocast("cpu", dtype=policy.autocast_dtype, enabled=policy.autocast_dtype is not None):
+            if with_head:
+                return model(ids, mask, masked_positions=pos, mlm_labels=ids.reshape(-1)[pos]).loss
+            return model(ids, mask)
+    return saved_activation_bytes(run, exclude=model.parameters())
+
+
+def activation_profile(config, precision: str = "bf16-amp", optimizer: str = "adamw") -> ActivationProfile:
+    """Measure an :class:`ActivationProfile` on the CPU for ``config``'s widths (hidden, heads, FFN,
+    vocabulary), on proxies of 1 and 2 layers running rows of 64 real ``fortunes`` tokens.
+
+    :func:`saved_activation_bytes` counts what autograd keeps in training mode under the
+    policy's autocast (CPU autocast; the policy's weight dtype), at 128 and 256 tokens: the
+    difference between 2 and 1 layers is one layer, the difference between the token counts its
+    per-token slope. Fused attention (the CPU's flash kernel) keeps O(L) per row, so the bytes are
+    linear in tokens and do not depend on how tokens are split into rows; the math path's L x L
+    scores are not modelled. Parameter parts come from :func:`parameter_memory` on the same
+    proxies (parameters are linear in the depth too).
+    """
+    from .models import EncoderConfig
+
+    if not isinstance(config, EncoderConfig):
+        raise fail("config", config, "be a padlab.models.EncoderConfig")
+    check_choice("precision", precision, PARAMETER_STORAGE)
+    check_choice("optimizer", optimizer, OPTIMIZER_STATES)
+    return _profile(config.replace(layers=1, gradient_checkpointing=False, dropout=0.0), precision, optimizer)
+
+
+_PROFILES: dict = {}
+
+
+def _profile(config, precision: str, optimizer: str) -> ActivationProfile:
+    from .models import EncoderForMaskedLM
+
+    key = (config, precision, optimizer)
+    if key in _PROFILES:
+        return _PROFILES[key]
+    t1, t2, m1, m2 = 64, 128, 8, 16
+    enc = {(n, t): _proxy_saved(config, precision, n, t, m1, False, False) for n in (1, 2) for t in (t1, t2)}
+    ck = {(n, t): _proxy_saved(config, precision, n, t, m1, True, False) for n in (1, 2) for t in (t1, t2)}
+    layer = {t: enc[2, t] - enc[1, t] for t in (t1, t2)}
+    slope = (layer[t2] - layer[t1]) / (t2 - t1)
+    fixed = layer[t1] - slope * t1
+    ck_layer = {t: ck[2, t] - ck[1, t] for t in (t1, t2)}
+    ck_slope = (ck_layer[t2] - ck_layer[t1]) / (t2 - t1)
+    embed = (enc[1, t1] - layer[t1]) / t1
+    # the head's slope over two masked counts: its half weight copies are fixed, not per masked token
+    head = (_proxy_saved(config, precision, 1, t1, m2, False, True)
+            - _proxy_saved(config, precision, 1, t1, m1, False, True)) / (m2 - m1)
+    mem = {n: parameter_memory(EncoderForMaskedLM(config.replace(layers=n)), precision, optimizer) for n in (1, 2)}
+    per_layer = {k: mem[2][k] - mem[1][k] for k in mem[1]}
+    fixed_params = {k: mem[1][k] - per_layer[k] for k in mem[1]}
+    out = ActivationProfile(float(slope), float(max(fixed, 0.0)), float(ck_slope), float(embed), float(head),
+                            fixed_params, per_layer,
+                            f"CPU, {precision}, hidden {config.hidden}, heads {config.heads}, ffn {config.ffn}, "
+                            f"vocab {config.vocab_size}: 1 and 2 layers x {t1} and {t2} tokens (rows of 64), "
+                            f"{m1} and {m2} masked")
+    _PROFILES[key] = out
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingMemory(FieldMapping):
+    """Estimated peak bytes of one training step (forward, backward, optimizer step); see
+    :func:`training_memory`. ``total`` is the peak: ``weights + optimizer + half_copies +
+    max(activations + recompute + transient, gradients)``."""
+
+    tokens: int
+    masked_tokens: int
+    weights: int
+    gradients: int
+    optimizer: int
+    half_copies: int
+    activations: int
+    recompute: int
+    transient: int
+    total: int
+
+
+def training_memory(config, precision: str = "bf16-amp", *, tokens: int, masked_tokens: int | None = None,
+                    checkpointing: bool | None = None, optimizer: str = "adamw",
+                    profile: ActivationProfile | None = None) -> TrainingMemory:
+    """Peak memory of a training step of the masked-LM encoder ``config`` with ``tokens`` token
+    positions a step (padding counts: every padded position is computed and stored) of which
+    ``masked_tokens`` (default 15%) are predicted. Arithmetic on an :class:`ActivationProfile`
+    (default: :func:`activation_profile` measured for the config's widths, cached):
+
+    * ``weights``, ``gradients``, ``optimizer``, ``half_copies``: :func:`parameter_memory`'s parts
+      (half copies only for what autocast casts), fixed + per layer x ``config.layers``;
+    * ``activations``: kept at the end of the forward: ``layers x layer_per_token x tokens +
+      embed_per_token x tokens + head_per_masked x masked_tokens`` (the fixed bytes autocast keeps
+      are its half weight copies, counted once, in ``half_copies``). With ``checkpointing`` (default ``config.gradient_checkpointing``)
+      a layer keeps ``checkpoint_per_token x tokens`` (its input) and ``recompute`` is one layer's
+      full activations, rebuilt during its backward;
+    * ``transient``: one layer's activations again (the gradients flowing through the layer being
+      back-propagated are as large as what it saved) plus the head's per-masked bytes (the logits'
+      gradient).
+
+    The gradients grow during backward while activations are freed, so the peak takes the larger
+    of the two (the gradients cannot outlive the optimizer step's start). Linear in ``tokens``
+    under fused attention.
+    """
+    from .models import EncoderConfig
+
+    if not isinstance(config, EncoderConfig):
+        raise fail("config", config, "be a padlab.models.EncoderConfig")
+    check_choice("precision", precision, PARAMETER_STORAGE)
+    check_choice("optimizer", optimizer, OPTIMIZER_STATES)
+    tokens = check_int("tokens", tokens, min_value=0)
+    if masked_tokens is None:
+        masked_tokens = int(round(0.15 * tokens))
+    masked_tokens = check_int("masked_tokens", masked_tokens, min_value=0)
+    if masked_tokens > tokens:
+        raise fail("masked_tokens", masked_tokens, f"be <= tokens={tokens}")
+    if checkpointing is None:
+        checkpointing = config.gradient_checkpointing
+    if not isinstance(checkpointing, bool):
+        raise fail("checkpointing", checkpointing, "be True, False or None")
+    if profile is None:
+        profile = activation_profile(config, precision, optimizer)
+    elif not isinstance(profile, ActivationProfile):
+        raise fail("profile", profile, "be an ActivationProfile or None")
+    n = config.layers
+    part = {k: int(profile.params_fixed[k] + n * profile.params_per_layer[k])
+            for k in ("weights", "gradients", "optimizer", "half_copies")}
+    one_layer = profile.layer_per_token * tokens
+    per_layer = profile.checkpoint_per_token * tokens if checkpointing else one_layer
+    acts = n * per_layer + profile.embed_per_token * tokens + profile.head_per_masked * masked_tokens
+    recompute = one_layer if checkpointing else 0.0
+    transient = one_layer + profile.head_per_masked * masked_tokens
+    acts, recompute, transient = int(round(max(acts, 0))), int(round(recompute)), int(round(max(transient, 0)))
+    total = part["weights"] + part["optimizer"] + part["half_copies"] + max(acts + recompute + transient,
+                                                                           part["gradients"])
+    return TrainingMemory(tokens, masked_tokens, **part, activations=acts, recompute=recompute,
+                          transient=transient, total=int(total))
+
+
+def max_tokens_per_step(budget_bytes: int, config, precision: str = "bf16-amp", *,
+                        checkpointing: bool | None = None, optimizer: str = "adamw",
+                        masked_fraction: float = 0.15, multiple_of: int = 1,
+                        profile: ActivationProfile | None = None) -> int:
+    """The largest token count (a multiple of ``multiple_of``, e.g. 512 for rows of fixed-512)
+    whose :func:`training_memory` ``total`` fits in ``budget_bytes``; 0 when not even one unit
+    fits. ``masked_fraction`` of the tokens are predicted by the head."""
+    budget_bytes = check_int("budget_bytes", budget_bytes, min_value=1)
+    masked_fraction = check_float("masked_fraction", masked_fraction, min_value=0.0, max_value=1.0)
+    multiple_of = check_int("multiple_of", multiple_of, min_value=1)
+
+    def fits(units: int) -> bool:
+        t = units * multiple_of
+        return training_memory(config, precision, tokens=t, masked_tokens=int(round(masked_fraction * t)),
+                               checkpointing=checkpointing, optimizer=optimizer, profile=profile).total <= budget_bytes
+
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while fits(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:   # the total grows with the tokens: bisect on units
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo * multiple_of

@@ -46,8 +46,26 @@ def data_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "data"
 
 
+class _FlatSequences:
+    """What :class:`Corpus` and :class:`InstructionSet` share: sequences stored flat, sequence
+    ``i`` is ``token_ids[offsets[i]:offsets[i+1]]``."""
+
+    token_ids: np.ndarray
+    offsets: np.ndarray
+
+    def ids(self, i: int) -> np.ndarray:
+        """Token ids of sequence ``i`` (a read-only view; a negative ``i`` counts from the end).
+        An :class:`InstructionSet` example's ids are its prompt, then its response."""
+        n = len(self.offsets) - 1
+        i = check_int("i", i)
+        if not -n <= i < n:
+            raise fail("i", i, f"be in [-{n}, {n})")
+        i %= n
+        return self.token_ids[self.offsets[i]:self.offsets[i + 1]]
+
+
 @dataclass(frozen=True)
-class Corpus:
+class Corpus(_FlatSequences):
     """One tokenised corpus, stored flat: ``token_ids[offsets[i]:offsets[i+1]]`` is text ``i``.
 
     A ``Corpus`` is also a map-style dataset: ``corpus[i]`` is
@@ -69,14 +87,6 @@ class Corpus:
 
     def __len__(self) -> int:
         return len(self.texts)
-
-    def ids(self, i: int) -> np.ndarray:
-        """Token ids of text ``i`` (a read-only view)."""
-        i = check_int("i", i)
-        if not -len(self) <= i < len(self):
-            raise fail("i", i, f"be in [-{len(self)}, {len(self)})")
-        i %= len(self)
-        return self.token_ids[self.offsets[i]:self.offsets[i + 1]]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {"input_ids": self.ids(i).tolist(), "labels": int(self.labels[i])}
@@ -191,7 +201,7 @@ def encode(texts: list[str]) -> list[list[int]]:
 
 
 @dataclass(frozen=True)
-class InstructionSet:
+class InstructionSet(_FlatSequences):
     """Prompt/response pairs, tokenised and stored flat like :class:`Corpus`.
 
     Example ``i`` is ``token_ids[offsets[i]:offsets[i+1]]``: ``[CLS] prompt [SEP]`` (its first
@@ -218,14 +228,6 @@ class InstructionSet:
 
     def __len__(self) -> int:
         return len(self.prompts)
-
-    def ids(self, i: int) -> np.ndarray:
-        """Token ids of example ``i``, prompt then response (a read-only view)."""
-        i = check_int("i", i)
-        if not -len(self) <= i < len(self):
-            raise fail("i", i, f"be in [-{len(self)}, {len(self)})")
-        i %= len(self)
-        return self.token_ids[self.offsets[i]:self.offsets[i + 1]]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ids = self.ids(i)

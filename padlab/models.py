@@ -1,4 +1,4 @@
-"""The small encoder the notebooks train, and a BERT-base-size config for GPUs.
+"""The small encoder the notebooks train, and BERT-base and BERT-large-size configs for GPUs.
 
 One model serves three uses:
 
@@ -26,6 +26,10 @@ Design choices (each documented where it matters):
 * The default ``position_ids`` are ``arange(L)``, as in BERT: under **left** padding pass
   position ids that start at 0 on the first real token (``padlab.padding`` makes them).
 * The masked-LM decoder is **tied** to the token embedding by default (as BERT does).
+* **Activation checkpointing** is a config field, ``EncoderConfig(gradient_checkpointing=True)``
+  (transformers calls the same switch ``gradient_checkpointing_enable()``): in training each
+  layer keeps only its input and is recomputed during backward, trading ~1/3 more compute for
+  activation memory (:func:`padlab.cost.training_memory` estimates both).
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ._validate import check_choice, check_float, check_int, fail
 from .attention import flex_attend, is_block_mask
@@ -67,6 +72,9 @@ class EncoderConfig:
     num_labels: int = 2
     dropout: float = 0.0
     norm_eps: float = 1e-12
+    #: Activation checkpointing: in training (``model.train()`` with grad enabled) each layer keeps
+    #: only its input and is recomputed in backward (``torch.utils.checkpoint``, ``use_reentrant=False``).
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden", "layers", "heads", "ffn", "max_position", "num_labels"):
@@ -77,6 +85,8 @@ class EncoderConfig:
         if self.dropout >= 1.0:
             raise fail("dropout", self.dropout, "be < 1")
         check_float("norm_eps", self.norm_eps, min_value=0.0, min_inclusive=False)
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise fail("gradient_checkpointing", self.gradient_checkpointing, "be True or False")
 
     @property
     def head_dim(self) -> int:
@@ -109,6 +119,12 @@ class EncoderConfig:
     def bert_base(cls, vocab_size: int | None = None, **overrides: Any) -> "EncoderConfig":
         """BERT-base sizes: 12 layers, hidden 768, 12 heads, FFN 3072, 512 positions."""
         kw = dict(hidden=768, layers=12, heads=12, ffn=3072, max_position=512)
+        return cls(vocab_size=cls._vocab(vocab_size), **{**kw, **overrides})
+
+    @classmethod
+    def bert_large(cls, vocab_size: int | None = None, **overrides: Any) -> "EncoderConfig":
+        """BERT-large sizes: 24 layers, hidden 1024, 16 heads, FFN 4096, 512 positions."""
+        kw = dict(hidden=1024, layers=24, heads=16, ffn=4096, max_position=512)
         return cls(vocab_size=cls._vocab(vocab_size), **{**kw, **overrides})
 
     def replace(self, **changes: Any) -> "EncoderConfig":
@@ -303,6 +319,22 @@ class Encoder(nn.Module):
         tables = self.tok_emb.weight.numel() + self.pos_emb.weight.numel()
         return sum(p.numel() for p in self.parameters()) - tables
 
+    def _run_layers(self, x: Tensor, mask: Any, cu_seqlens: Tensor | None = None,
+                    max_seqlen: int | None = None) -> Tensor:
+        # Checkpointing only pays where a backward follows: in eval mode or under no_grad the
+        # layers run plainly (nothing is saved either way).
+        ckpt = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if ckpt and cu_seqlens is not None and not (x.is_cuda and _varlen_attn is not None):
+            # torch's checkpoint cannot save the nested tensors of the non-CUDA varlen path
+            raise fail("gradient_checkpointing", True, "be False for varlen input off CUDA (torch.utils.checkpoint "
+                                                       "cannot save nested tensors); use the padded or packed path")
+        for layer in self.layers:
+            if ckpt:
+                x = checkpoint(layer, x, mask, cu_seqlens, max_seqlen, use_reentrant=False)
+            else:
+                x = layer(x, mask, cu_seqlens, max_seqlen)
+        return x
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 position_ids: Tensor | None = None, block_mask: Tensor | None = None, *,
                 cu_seqlens: Tensor | None = None, max_seqlen: int | None = None) -> Tensor:
@@ -338,9 +370,7 @@ class Encoder(nn.Module):
         elif tuple(position_ids.shape) not in ((b, n), (n,)):
             raise fail("position_ids", tuple(position_ids.shape), f"have shape {(b, n)} or {(n,)}")
         mask = block_mask if flex else sdpa_mask(attention_mask, block_mask)
-        x = self.drop(self.tok_emb(input_ids) + self.pos_emb(position_ids))
-        for layer in self.layers:
-            x = layer(x, mask)
+        x = self._run_layers(self.drop(self.tok_emb(input_ids) + self.pos_emb(position_ids)), mask)
         x = self.norm(x)
         if attention_mask is not None:
             x = x * attention_mask[..., None].to(x.dtype)
@@ -366,9 +396,7 @@ class Encoder(nn.Module):
             position_ids = torch.arange(t, device=input_ids.device) - starts
         elif tuple(position_ids.shape) != (t,):
             raise fail("position_ids", tuple(position_ids.shape), f"have shape {(t,)}")
-        x = self.drop(self.tok_emb(input_ids) + self.pos_emb(position_ids))
-        for layer in self.layers:
-            x = layer(x, cu_seqlens=cu, max_seqlen=max_seqlen)
+        x = self._run_layers(self.drop(self.tok_emb(input_ids) + self.pos_emb(position_ids)), None, cu, max_seqlen)
         return self.norm(x)
 
     def nested_forward(self, input_ids: Tensor) -> Tensor:

@@ -45,7 +45,7 @@ from .precision import Policy, Prepared, autocast_context, get_policy, prepare, 
 
 __all__ = [
     "StepRecord", "TrainRun", "LR_SCHEDULES", "FP16_FLUSH_THRESHOLD",
-    "train_step", "train", "evaluate", "to_device", "model_device", "default_loss", "cycle_epochs",
+    "train_step", "train", "evaluate", "predict", "score", "to_device", "model_device", "default_loss", "cycle_epochs",
     "make_lr_schedule", "flat_gradients", "underflow_count", "NORMALIZATIONS", "count_targets", "causal_lm_loss",
 ]
 
@@ -76,11 +76,12 @@ def model_device(model: nn.Module) -> torch.device:
 def to_device(batch: Any, device: "str | torch.device") -> dict[str, Any]:
     """A new dict with every tensor of ``batch`` on ``device`` (non-blocking); other values as they are.
 
-    ``batch`` must be a mapping with ``input_ids`` (as padlab's collators make); the caller's
-    batch is left as it was. Integer maxima such as ``max_seqlen`` stay Python ints.
+    ``batch`` must be a mapping holding at least one tensor (as padlab's collators make); its keys
+    are the loss function's business (a custom ``loss_fn`` may take batches without ``input_ids``).
+    The caller's batch is left as it was. Integer maxima such as ``max_seqlen`` stay Python ints.
     """
-    if not isinstance(batch, Mapping) or "input_ids" not in batch:
-        raise fail("batch", batch, "be a mapping with 'input_ids' (as PaddingCollator makes)")
+    if not isinstance(batch, Mapping) or not any(isinstance(v, Tensor) for v in batch.values()):
+        raise fail("batch", batch, "be a mapping of tensors (as padlab's collators make)")
     dev = resolve_device(device)
     return {k: (v.to(dev, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in batch.items()}
 
@@ -92,8 +93,9 @@ def default_loss(model: nn.Module, batch: Mapping[str, Any], *, num_items_in_bat
     ``num_items_in_batch`` (gradient accumulation, see :func:`train_step`) is passed on to the model,
     as transformers' models take it: their loss is then the summed token loss divided by it.
     """
-    if "labels" not in batch:
-        raise fail("batch", sorted(batch), "hold 'labels' for the default loss")
+    for key in ("labels", "input_ids"):
+        if key not in batch:
+            raise fail("batch", sorted(batch), f"hold '{key}' for the default loss")
     kw = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
     if num_items_in_batch is not None:
         kw["num_items_in_batch"] = num_items_in_batch
@@ -290,7 +292,7 @@ def train_step(model: nn.Module, batch: "Mapping[str, Any] | list[Mapping[str, A
     else:
         micro = list(batch) if isinstance(batch, (list, tuple)) else None
         if not micro or not all(isinstance(b, Mapping) for b in micro):
-            raise fail("batch", batch, "be a mapping with 'input_ids' (as PaddingCollator makes), "
+            raise fail("batch", batch, "be a mapping of tensors (as padlab's collators make), "
                                        "or a non-empty list of them (micro-batches)")
         n_items = None
         if normalization == "token":
@@ -468,19 +470,13 @@ def train(model: nn.Module, loader: Iterable[Mapping[str, Any]], policy: "str | 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Any]], policy: "str | Policy", *,
-             task: str = "classification", target_mean: float = 0.0, target_std: float = 1.0) -> dict[str, float]:
-    """Score ``model`` on ``batches`` under ``policy``'s forward context (no gradients).
+def predict(model: nn.Module, batches: Iterable[Mapping[str, Any]], policy: "str | Policy") -> tuple[Tensor, Tensor]:
+    """``(logits, labels)`` of ``model`` over ``batches`` under ``policy``'s forward context (no gradients).
 
-    ``classification``: ``accuracy`` and ``loss`` (mean cross-entropy). ``regression``: the
-    prediction and the label are both mapped back to target units by ``y * target_std +
-    target_mean`` (in float64), then ``mae``, ``rmse`` and ``max_error``; ``nonfinite`` counts
-    NaN/inf predictions (those count as errors of inf). The model's train/eval mode is restored.
+    The logits are float32, concatenated over the batches (one row per sequence), the labels as
+    the batches hold them; both stay on the model's device. The model's train/eval mode is restored.
     """
     policy = get_policy(policy)
-    check_choice("task", task, ("classification", "regression"))
-    target_mean = check_float("target_mean", target_mean)
-    target_std = check_float("target_std", target_std, min_value=0.0, min_inclusive=False)
     dev = model_device(model)
     was_training = model.training
     model.eval()
@@ -496,8 +492,22 @@ def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Any]], policy: "st
         model.train(was_training)
     if not preds:
         raise fail("batches", batches, "yield at least one batch")
-    p = torch.cat(preds)
-    y = torch.cat(labels)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def score(logits: Tensor, labels: Tensor, *, task: str = "classification", target_mean: float = 0.0,
+          target_std: float = 1.0) -> dict[str, float]:
+    """The metrics of :func:`evaluate` from predictions (``logits`` and ``labels`` as :func:`predict` gives them).
+
+    ``classification``: ``accuracy`` and ``loss`` (mean cross-entropy). ``regression``: the
+    prediction and the label are both mapped back to target units by ``y * target_std +
+    target_mean`` (in float64), then ``mae``, ``rmse`` and ``max_error``; ``nonfinite`` counts
+    NaN/inf predictions (those count as errors of inf).
+    """
+    check_choice("task", task, ("classification", "regression"))
+    target_mean = check_float("target_mean", target_mean)
+    target_std = check_float("target_std", target_std, min_value=0.0, min_inclusive=False)
+    p, y = logits.float(), labels
     if task == "classification":
         acc = (p.argmax(-1) == y).double().mean().item()
         loss = torch.nn.functional.cross_entropy(p, y).item()
@@ -511,3 +521,20 @@ def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Any]], policy: "st
             "exact_fraction": (err < 0.5).double().mean().item(), "nonfinite": int(bad.sum()),
             "n": int(y.numel())}
 
+
+def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Any]], policy: "str | Policy", *,
+             task: str = "classification", target_mean: float = 0.0, target_std: float = 1.0) -> dict[str, float]:
+    """Score ``model`` on ``batches`` under ``policy``'s forward context (no gradients):
+    :func:`score` of :func:`predict`.
+
+    ``classification``: ``accuracy`` and ``loss`` (mean cross-entropy). ``regression``: the
+    prediction and the label are both mapped back to target units by ``y * target_std +
+    target_mean`` (in float64), then ``mae``, ``rmse`` and ``max_error``; ``nonfinite`` counts
+    NaN/inf predictions (those count as errors of inf). The model's train/eval mode is restored.
+    """
+    policy = get_policy(policy)
+    check_choice("task", task, ("classification", "regression"))
+    target_mean = check_float("target_mean", target_mean)
+    target_std = check_float("target_std", target_std, min_value=0.0, min_inclusive=False)
+    logits, labels = predict(model, batches, policy)
+    return score(logits, labels, task=task, target_mean=target_mean, target_std=target_std)

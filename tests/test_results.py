@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -100,6 +101,31 @@ def test_padded_widths_by_a_plain_reference():
     mult = bench.padded_widths("dynamic-multiple", cfg)
     assert mult.tolist() == [min(512, -(-w // 64) * 64) for w in ref]
     assert bench.padded_widths("fixed", cfg).tolist() == [512] * 50
+
+
+def test_batch_size_for_budget_past_the_corpus_warns_nothing():
+    """Eight texts of 10 tokens, batches cut in order with the short last one dropped: 40 slots
+    hold 4 texts; a batch size above 8 gives no batch at all and counts as too large (it used to
+    take numpy's mean of an empty list: a RuntimeWarning and NaN)."""
+    lens = np.full(8, 10)
+
+    def cut(bs):
+        return [np.arange(i, i + bs) for i in range(0, len(lens) - bs + 1, bs)]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert bench.batch_size_for_budget(lens, 40, cut, lambda x: int(x.max())) == 4
+        assert bench.batch_size_for_budget(lens, 1000, cut, lambda x: int(x.max())) == 8    # the whole corpus
+        assert bench.batch_size_for_budget(lens, 5, cut, lambda x: int(x.max())) == 1       # at least one text
+
+
+def test_padded_widths_of_big_steps_warn_nothing():
+    # notebook 07's call: 65,536 slots a step, so the budget search passes the corpus size
+    cfg = BenchConfig(max_tokens=65536, seqs_per_step=128, timed_steps=3, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        widths = bench.padded_widths("dynamic", cfg)
+    assert len(widths) == 3 and (widths <= 512).all()
 
 
 def test_shipped_files_are_history_and_new_rows_say_what_they_ran():

@@ -154,7 +154,8 @@ def test_linear_schedule_and_early_stop():
     (lambda: train.evaluate(_model(), [_batch()], "fp32", task="ranking"), r"task must be one of .*; got 'ranking'"),
     (lambda: train.train(_model(), [_batch()], "fp32", 2, "cpu", lr_schedule="cosine"),
      r"lr_schedule must be one of 'constant', 'linear'; got 'cosine'"),
-    (lambda: train.to_device({"x": 1}, "cpu"), r"batch must be a mapping with 'input_ids'"),
+    (lambda: train.to_device({"x": 1}, "cpu"), r"batch must be a mapping of tensors"),
+    (lambda: train.to_device([torch.zeros(2)], "cpu"), r"batch must be a mapping of tensors"),
     (lambda: train.train(_model(), [_batch()], "fp32", 1, "cpu", on_step=3), r"on_step must be a callable"),
 ])
 def test_bad_input(call, match):
@@ -162,6 +163,26 @@ def test_bad_input(call, match):
         call()
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_custom_loss_batches_need_no_input_ids():
+    # A custom loss_fn owns the batch's keys: to_device moves its tensors, keeps its other values,
+    # and train_step trains on it; the default loss still says what it lacks.
+    batch = {"features": torch.randn(4, 3), "target": torch.randn(4), "note": 7}
+    moved = train.to_device(batch, "cpu")
+    assert set(moved) == set(batch) and moved["note"] == 7 and torch.equal(moved["features"], batch["features"])
+    assert moved is not batch
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.weight.detach().clone()
+
+    def mse(m, b):
+        return ((m(b["features"]).squeeze(1) - b["target"]) ** 2).mean()
+
+    rec = train.train_step(model, batch, opt, "fp32", loss_fn=mse)
+    assert rec.finite and not torch.equal(before, model.weight)
+    with pytest.raises(ValueError, match=r"batch must hold 'input_ids' for the default loss"):
+        train.train_step(model, {"labels": torch.zeros(2)}, opt, "fp32")
 
 
 def test_bad_step_arguments():
@@ -173,7 +194,7 @@ def test_bad_step_arguments():
         train.train_step(plain.model, _batch(), plain.optimizer, "fp32", prep.scaler)
     with pytest.raises(ValueError, match=r"model must hold torch.bfloat16 weights for policy 'bf16-pure'.*; got 'torch.float32'"):
         train.train_step(plain.model, _batch(), plain.optimizer, "bf16-pure")
-    with pytest.raises(ValueError, match=r"batch must be a mapping with 'input_ids'"):
+    with pytest.raises(ValueError, match=r"batch must be a mapping of tensors"):
         train.train_step(plain.model, [1, 2], plain.optimizer, "fp32")
     with pytest.raises(ValueError, match=r"policy must be one of .*; got 'fp64'"):
         train.train_step(plain.model, _batch(), plain.optimizer, "fp64")
@@ -370,7 +391,7 @@ def test_bad_accumulation_arguments():
     b = _batch()
     with pytest.raises(ValueError, match=r"normalization must be one of 'token', 'mean'; got 'sum'"):
         train.train_step(model, [b], opt, "fp32", normalization="sum")
-    with pytest.raises(ValueError, match=r"batch must be a mapping with 'input_ids'.*or a non-empty list"):
+    with pytest.raises(ValueError, match=r"batch must be a mapping of tensors.*or a non-empty list"):
         train.train_step(model, [], opt, "fp32")
     with pytest.raises(ValueError, match=r"loss_fn must take num_items_in_batch="):
         train.train_step(model, [b], opt, "fp32", loss_fn=lambda m, x: m(x["input_ids"]).sum())

@@ -3,24 +3,13 @@ from __future__ import annotations
 
 import copy
 
-import matplotlib
+import numpy as np
+import pytest
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from padlab import viz, widgets  # noqa: E402
-from padlab.experiments import results as bench  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+from padlab import viz, widgets
+from padlab.experiments import results as bench
 
 
 def _bars(ax):
@@ -56,14 +45,15 @@ def _row(strategy, precision, speedup, compiled=False):
 
 def test_bench_speedup_bars_draw_the_rows_speedups_as_given():
     # Bar heights are the rows' own speedup_vs_fixed_fp32 (real_tokens_per_s is the same in every row:
-    # a plot that divided throughputs would draw 1.0 everywhere). The compiled row is left out.
+    # a plot that divided throughputs would draw 1.0 everywhere). The compiled row is a group of its own.
     rows = [_row("fixed", "fp32", 1.0), _row("fixed", "bf16-amp", 3.0), _row("packed", "fp32", 8.0),
             _row("packed", "bf16-amp", 40.0), _row("packed", "bf16-amp", 99.0, compiled=True)]
     before = copy.deepcopy(rows)
     fig = viz.bench_speedup_bars(rows)
     ax = fig.axes[0]
-    assert [b.get_height() for b in _bars(ax)] == pytest.approx([1.0, 8.0, 3.0, 40.0])   # fp32 bars, then bf16
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["fixed", "packed"]
+    # fp32 bars (no compiled fp32 row: an empty slot), then bf16
+    assert [b.get_height() for b in _bars(ax)] == pytest.approx([1.0, 8.0, np.nan, 3.0, 40.0, 99.0], nan_ok=True)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["fixed", "packed", "packed [compiled]"]
     assert ax.get_yscale() == "log" and rows == before
     colours = {b.get_label(): to_hex(b.patches[0].get_facecolor()) for b in ax.containers}
     assert colours == {"fp32": viz.POLICY_COLOURS["fp32"], "bf16-amp": viz.POLICY_COLOURS["bf16-amp"]}

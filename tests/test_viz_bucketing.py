@@ -1,24 +1,13 @@
 """Chapter 03 (bucketing): padlab.viz figures and padlab.widgets.bucketing_widget."""
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from padlab import viz, widgets  # noqa: E402
-from padlab.data import load_corpus  # noqa: E402
-from padlab.strategies import bucket_tradeoff  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+from padlab import viz, widgets
+from padlab.data import load_corpus
+from padlab.strategies import bucket_tradeoff
 
 
 # --- viz ------------------------------------------------------------------------------------------

@@ -1,25 +1,14 @@
 """Chapter 04 figures and widget: padlab.viz packing plots and padlab.widgets.packing_widget."""
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.colors import to_rgb  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from padlab import viz, widgets  # noqa: E402
-from padlab.data import load_corpus  # noqa: E402
-from padlab.packing import pack  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+from padlab import viz, widgets
+from padlab.data import load_corpus
+from padlab.packing import pack
 
 
 def _bars(ax):

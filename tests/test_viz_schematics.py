@@ -1,29 +1,18 @@
 """padlab.viz.schematics: layout_schematic (chapters 01-04) and autocast_flow (chapter 06), by hand."""
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.colors import to_rgb  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
-
-from padlab import viz  # noqa: E402
-from padlab._validate import PadlabError  # noqa: E402
-from padlab.viz.style import DTYPE_COLOURS, EMPTY_COLOUR, MARK_COLOUR, PAD_QUERY_COLOUR, SEQUENCE_COLOURS  # noqa: E402
+from padlab import viz
+from padlab._validate import PadlabError
+from padlab.viz.style import DTYPE_COLOURS, EMPTY_COLOUR, MARK_COLOUR, PAD_QUERY_COLOUR, SEQUENCE_COLOURS
 
 C = [np.array(to_rgb(c)) for c in SEQUENCE_COLOURS]
 PAD, QPAD, WHITE = np.array(to_rgb(EMPTY_COLOUR)), np.array(to_rgb(PAD_QUERY_COLOUR)), np.ones(3)
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 def _img(ax):

@@ -11,17 +11,12 @@ import importlib
 import itertools
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pytest
+from matplotlib.colors import to_hex, to_rgb
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.colors import to_hex, to_rgb  # noqa: E402
-
-from padlab import viz  # noqa: E402
-from padlab.viz import style  # noqa: E402
+from padlab import viz
+from padlab.viz import style
 
 VIZ = Path(viz.__file__).parent
 MODULES = sorted(VIZ.glob("*.py"))
@@ -39,12 +34,6 @@ MIN_DISTANCE = 0.25
 
 def _distance(a, b) -> float:
     return float(np.linalg.norm(np.subtract(to_rgb(a), to_rgb(b))))
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 # --- the palette ---------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ regression") tested on tasks built from the shipped corpora, one training run pe
 :data:`TASKS` names the tasks, :func:`make_task` builds one (pre-collated batches),
 :func:`run_experiment` trains a fresh encoder under a policy of :data:`padlab.precision.POLICIES`
 with :func:`padlab.train.train` and scores it with :func:`padlab.train.evaluate`, returning one
-JSON-ready row. ``benchmarks/amp_matrix.py`` runs the matrix; :mod:`padlab.experiments.results`
+JSON-ready row (:func:`train_task` returns the trained run beside it). ``benchmarks/amp_matrix.py`` runs the matrix; :mod:`padlab.experiments.results`
 reads the JSON back.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from torch import Tensor, nn
 from .._validate import check_choice, check_int, fail
 from ..env import resolve_device
 from ..precision import Policy, get_policy
-from ..train import evaluate, to_device, train
+from ..train import TrainRun, evaluate, to_device, train
 
-__all__ = ["TASKS", "TaskSpec", "Task", "make_task", "run_experiment"]
+__all__ = ["TASKS", "TaskSpec", "Task", "make_task", "run_experiment", "train_task"]
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -135,7 +135,19 @@ def run_experiment(task: Task, policy: "str | Policy", *, steps: int, device: "s
                    seed: int = 0, config: Any = None,
                    optimizer_factory: "Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None" = None,
                    lr_schedule: str = "linear", progress: bool = False, measure_every: int = 1) -> dict[str, Any]:
-    """Train a freshly initialised encoder (seeded) on ``task`` under ``policy`` and score it.
+    """The row of :func:`train_task` (its arguments, the same meaning): one JSON-ready dict."""
+    return train_task(task, policy, steps=steps, device=device, seed=seed, config=config,
+                      optimizer_factory=optimizer_factory, lr_schedule=lr_schedule, progress=progress,
+                      measure_every=measure_every)[0]
+
+
+def train_task(task: Task, policy: "str | Policy", *, steps: int, device: "str | torch.device",
+               seed: int = 0, config: Any = None,
+               optimizer_factory: "Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None" = None,
+               lr_schedule: str = "linear", progress: bool = False,
+               measure_every: int = 1) -> "tuple[dict[str, Any], TrainRun]":
+    """Train a freshly initialised encoder (seeded) on ``task`` under ``policy`` and score it:
+    ``(row, run)``, the run (:class:`padlab.train.TrainRun`) holding the trained model.
 
     ``config`` is an :class:`padlab.models.EncoderConfig` (default ``EncoderConfig.small()``);
     its ``num_labels`` is set from the task. The same ``seed`` gives the same initial weights
@@ -177,7 +189,7 @@ def run_experiment(task: Task, policy: "str | Policy", *, steps: int, device: "s
                        target_std=task.target_std)
     measured = [r for r in run.records if r.measured]
     nonfinite = [r.step for r in measured if not r.finite]
-    return {
+    row = {
         "task": task.name, "kind": task.kind, "unit": task.spec.unit, "policy": policy.name, "seed": seed,
         "steps": steps, "steps_run": len(run.records), "lr_schedule": lr_schedule,
         "batch_size": int(task.train[0]["input_ids"].shape[0]),
@@ -199,4 +211,5 @@ def run_experiment(task: Task, policy: "str | Policy", *, steps: int, device: "s
         "train_seconds": seconds,
         "peak_memory_bytes": peak,
     }
+    return row, run
 

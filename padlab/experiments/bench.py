@@ -62,7 +62,7 @@ from ..train import StepRecord, to_device, train_step
 from .results import WORK
 
 __all__ = ["DATASHEET_BF16_TFLOPS", "compile_for", "compiled_graphs", "add_peaks", "BenchConfig",
-           "MaskedCorpus", "PRECISIONS", "WORK", "mask_corpus", "model_config", "batch_size_for_budget",
+           "MaskedCorpus", "PRECISIONS", "MODELS", "WORK", "mask_corpus", "model_config", "batch_size_for_budget",
            "step_plan", "plan_steps", "collate_step", "mlm_loss", "StepTimer", "sync", "matmul_peak_tflops",
            "sdpa_backends", "prepare_row", "run_row", "PlannedSteps", "probe_losses", "loss_curve",
            "loader_rate", "run_benchmark", "format_table", "padded_widths", "flop_shares"]
@@ -76,6 +76,8 @@ DATASHEET_BF16_TFLOPS = {"tflops": 989.4, "devices": ("H100", "H200"),
                                    "(1,979 with 2:4 sparsity)"}
 #: The policies a run times by default (any key of :data:`padlab.precision.POLICIES` may be asked for).
 PRECISIONS = ("fp32", "tf32", "fp16-amp", "bf16-amp")
+#: The model names :func:`model_config` knows.
+MODELS = ("bert-large", "bert-base", "small", "tiny")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -85,7 +87,7 @@ class BenchConfig:
     """What one benchmark run does; the defaults are the GPU reference run."""
 
     corpus: str = "fortunes"
-    model: str = "bert-base"                 # or "tiny" (the --quick CPU run)
+    model: str = "bert-base"                 # or "bert-large", "small", "tiny" (the --quick CPU run)
     strategies: tuple[str, ...] = tuple(STRATEGIES)
     precisions: tuple[str, ...] = PRECISIONS
     work: str = "tokens"
@@ -108,7 +110,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         check_choice("corpus", self.corpus, ("wordnet", "fortunes"))
-        check_choice("model", self.model, ("bert-base", "small", "tiny"))
+        check_choice("model", self.model, MODELS)
         check_choice("work", self.work, WORK)
         check_choice("varlen_max", self.varlen_max, ("batch", "max_length"))
         check_choice("flex_block_size", self.flex_block_size, FLEX_BLOCK_SIZES)
@@ -125,10 +127,17 @@ class BenchConfig:
             raise fail("max_tokens", self.max_tokens, f"be >= max_length={self.max_length}")
 
 
-def model_config(name: str, max_length: int = 512) -> EncoderConfig:
-    """The encoder sizes a benchmark name stands for (the shipped vocabulary)."""
-    check_choice("model", name, ("bert-base", "small", "tiny"))
+def model_config(name: str, max_length: int = 512, **overrides: Any) -> EncoderConfig:
+    """The encoder sizes a benchmark name of :data:`MODELS` stands for (the shipped vocabulary);
+    ``overrides`` are config fields (e.g. ``gradient_checkpointing=True``)."""
+    check_choice("model", name, MODELS)
+    return _model_config(name, max_length).replace(**overrides)
+
+
+def _model_config(name: str, max_length: int) -> EncoderConfig:
     vocab = vocab_size()
+    if name == "bert-large":
+        return EncoderConfig.bert_large(vocab, max_position=max_length)
     if name == "bert-base":
         return EncoderConfig.bert_base(vocab, max_position=max_length)
     if name == "small":
@@ -175,13 +184,16 @@ def _examples(mc: MaskedCorpus, idx: np.ndarray) -> list[dict[str, np.ndarray]]:
 
 def batch_size_for_budget(lengths: np.ndarray, max_tokens: int, make_batches: Callable[[int], list[np.ndarray]],
                           width: Callable[[np.ndarray], int]) -> int:
-    """The largest batch size whose batches hold at most ``max_tokens`` token slots on average."""
-    lo, hi = 1, max(1, max_tokens)
+    """The largest batch size whose batches hold at most ``max_tokens`` token slots on average.
+
+    A batch size that gives no batch at all (larger than the corpus, short batches dropped)
+    counts as too large.
+    """
+    lo, hi = 1, max(1, min(max_tokens, len(lengths)))
     while lo < hi:
         mid = (lo + hi + 1) // 2
         batches = make_batches(mid)
-        slots = np.mean([len(b) * width(lengths[b]) for b in batches])
-        if slots <= max_tokens:
+        if batches and np.mean([len(b) * width(lengths[b]) for b in batches]) <= max_tokens:
             lo = mid
         else:
             hi = mid - 1

@@ -1,10 +1,11 @@
 """Reading and writing the experiments' JSON, and the arithmetic over it (speed-ups, curves).
 
-Two kinds of result: ``padlab bench`` / :func:`padlab.experiments.bench.run_benchmark` results
+Three kinds of result: ``padlab bench`` / :func:`padlab.experiments.bench.run_benchmark` results
 (:func:`load_result`, :func:`save_result`, :func:`rows_where`, :func:`best_row`,
-:func:`speedups`, :func:`loss_at`, ...), and ``benchmarks/amp_matrix.py`` results
-(:func:`load_matrix`, :func:`summarize_matrix`, :func:`speed_table`). Speed-ups and other
-ratios are computed here and only here: plots (:mod:`padlab.viz`) receive them as data.
+:func:`speedups`, :func:`loss_at`, ...), ``benchmarks/amp_matrix.py`` results
+(:func:`load_matrix`, :func:`summarize_matrix`, :func:`speed_table`), and
+``benchmarks/h200_inference.py`` results (:func:`load_inference`, :func:`inference_verdict`).
+Speed-ups and other ratios are computed here and only here: plots (:mod:`padlab.viz`) receive them as data.
 
 **The shipped H100 files keep the names they were written with.** They came from padlab's
 earlier harness, before one policy table and one strategy registry; read them knowing that:
@@ -35,7 +36,7 @@ from ..precision import POLICIES
 
 __all__ = ["SHIPPED", "WORK", "load_result", "save_result", "is_history", "result_for_work", "rows_where", "best_row",
            "row_label", "speedups", "curve_seconds", "loss_at", "time_to_loss",
-           "load_matrix", "summarize_matrix", "speed_table"]
+           "load_matrix", "summarize_matrix", "speed_table", "load_inference", "inference_verdict"]
 
 WORK = ("tokens", "sequences")
 
@@ -289,3 +290,81 @@ def speed_table(result: Mapping[str, Any]) -> list[dict[str, Any]]:
             "memory_vs_fp32": mem / b["peak_memory_bytes"] if (mem and b and b.get("peak_memory_bytes")) else math.nan,
         })
     return out
+
+
+# --------------------------------------------------------------------------- inference results
+
+def load_inference(path: Any) -> dict[str, Any]:
+    """Read a ``benchmarks/h200_inference.py`` JSON file (``"nan"``/``"inf"`` strings become floats).
+
+    ``path`` may also be ``"h200"``: the shipped ``data/benchmarks/h200_inference.json``.
+    """
+    from ..data import data_dir
+
+    if path == "h200":
+        path = data_dir() / "benchmarks" / "h200_inference.json"
+    p = Path(path)
+    if not p.is_file():
+        raise fail("path", str(path), "name an existing inference JSON file or 'h200'")
+    data = json.loads(p.read_text())
+    if not isinstance(data, dict) or "accuracy_rows" not in data or "speed_rows" not in data:
+        raise fail("path", str(path), "hold an object with 'accuracy_rows' and 'speed_rows'")
+    return _unjson(data)
+
+
+def _ok(r: Mapping[str, Any]) -> bool:
+    return not r.get("skipped") and not r.get("error")
+
+
+def inference_verdict(result: Mapping[str, Any], *, accuracy_tolerance: float = 0.01,
+                      mae_tolerance: float = 0.1) -> dict[str, Any]:
+    """The verdict of an inference result, computed from its rows.
+
+    ``tasks``: per task, the fp32 value of its metric, each precision's change against it
+    (``changes``), the largest absolute change among the half precisions (rows with ``half``:
+    fp16, bf16, fp8) and which one, the lowest ``agreement`` (classification) or largest
+    ``max_abs_diff`` (regression), and ``within_tolerance`` per half precision: the accuracy
+    moved by at most ``accuracy_tolerance`` (absolute) or the MAE by at most ``mae_tolerance``
+    times fp32's MAE. ``speed``: per model and batch size, fp32's real tokens per second, each
+    precision's speed-up over it, and the best half precision with its speed-up.
+    """
+    if not isinstance(result, Mapping) or "accuracy_rows" not in result or "speed_rows" not in result:
+        raise fail("result", type(result).__name__, "be an inference result with 'accuracy_rows' and 'speed_rows'")
+    tasks: dict[str, Any] = {}
+    for r in result["accuracy_rows"]:
+        if not _ok(r) or "value" not in r:
+            continue
+        t = tasks.setdefault(r["task"], {"metric": r["metric"], "unit": r.get("unit", ""), "changes": {},
+                                         "within_tolerance": {}})
+        t["changes"][r["precision"]] = r["change_vs_fp32"]
+        if r["precision"] == "fp32":
+            t["fp32_value"] = r["value"]
+        if r.get("half"):
+            change = abs(r["change_vs_fp32"]) if math.isfinite(r["change_vs_fp32"]) else math.inf
+            if change > t.get("largest_half_change", -1.0):  # ties: the first in table order
+                t["largest_half_change"], t["largest_half_change_precision"] = change, r["precision"]
+            if r["metric"] == "accuracy":
+                t["lowest_agreement"] = min(t.get("lowest_agreement", 1.0), r["agreement"])
+                ok = change <= accuracy_tolerance
+            else:
+                t["largest_max_abs_diff"] = max(t.get("largest_max_abs_diff", 0.0), r["max_abs_diff"])
+                ok = change <= mae_tolerance * abs(r["fp32_value"])
+            t["within_tolerance"][r["precision"]] = bool(ok)
+    speed: dict[str, Any] = {}
+    rows = [r for r in result["speed_rows"] if _ok(r) and "real_tokens_per_s" in r]
+    for r in rows:
+        speed.setdefault(r["model"], {}).setdefault(str(r["batch_size"]), {})[r["precision"]] = r
+    out_speed: dict[str, Any] = {}
+    for model, by_bs in speed.items():
+        for bs, by_p in by_bs.items():
+            base = by_p.get("fp32")
+            if base is None:
+                continue
+            ups = {p: r["real_tokens_per_s"] / base["real_tokens_per_s"] for p, r in by_p.items()}
+            half = {p: v for p, v in ups.items() if by_p[p].get("half")}
+            best = max(half, key=half.get) if half else None
+            out_speed.setdefault(model, {})[bs] = {
+                "fp32_real_tokens_per_s": base["real_tokens_per_s"], "fp32_ms_median": base["ms_median"],
+                "speedup": ups, "best_half": best, "best_half_speedup": half[best] if best else None}
+    return {"accuracy_tolerance": accuracy_tolerance, "mae_tolerance": mae_tolerance, "tasks": tasks,
+            "speed": out_speed}

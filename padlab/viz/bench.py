@@ -35,8 +35,9 @@ def _bench_rows(rows: Sequence[Mapping]) -> list[Mapping]:
 
 
 def bench_speedup_bars(rows: Sequence[Mapping], *, title: str = "", ax=None) -> Figure:
-    """Grouped bars of each uncompiled row's ``speedup_vs_fixed_fp32``: one group per strategy,
-    one bar per precision policy, on a log axis.
+    """Grouped bars of each row's ``speedup_vs_fixed_fp32``: one group per strategy (compiled
+    rows in a group of their own, labelled ``"<strategy> [compiled]"``), one bar per precision
+    policy, on a log axis.
 
     ``rows`` are benchmark rows (a result's ``"rows"``); a row whose speed-up is ``None`` (the run
     had no fixed/fp32 baseline) is left out, and a run without any says so in the panel.
@@ -47,17 +48,21 @@ def bench_speedup_bars(rows: Sequence[Mapping], *, title: str = "", ax=None) -> 
     else:
         fig = ax.figure
     ax.set_title(title or "Speed-up over fixed padding in fp32")
-    plain = [r for r in rows if not r.get("compiled") and r["speedup_vs_fixed_fp32"] is not None]
-    if not plain:
+    drawn = [r for r in rows if r["speedup_vs_fixed_fp32"] is not None]
+    if not drawn:
         ax.text(0.5, 0.5, "no fixed/fp32 row in this run:\nno speed-ups to draw", ha="center", va="center",
                 transform=ax.transAxes)
         return fig
-    strategies = list(dict.fromkeys(r["strategy"] for r in plain))
-    precisions = list(dict.fromkeys(r["precision"] for r in plain))
+
+    def group(r: Mapping) -> str:
+        return r["strategy"] + (" [compiled]" if r.get("compiled") else "")
+
+    strategies = list(dict.fromkeys(group(r) for r in drawn))
+    precisions = list(dict.fromkeys(r["precision"] for r in drawn))
     width = 0.8 / len(precisions)
     x = np.arange(len(strategies))
     for j, p in enumerate(precisions):
-        vals = [next((float(r["speedup_vs_fixed_fp32"]) for r in plain if r["strategy"] == s and r["precision"] == p),
+        vals = [next((float(r["speedup_vs_fixed_fp32"]) for r in drawn if group(r) == s and r["precision"] == p),
                      np.nan) for s in strategies]
         ax.bar(x + (j - (len(precisions) - 1) / 2) * width, vals, width, label=p, color=POLICY_COLOURS.get(p))
     ax.axhline(1.0, color=GUIDE_COLOUR, lw=0.8, ls="--")
