@@ -265,6 +265,7 @@ def test_decoder_summary_by_hand():
     assert s["table"][2]["target_at_first_point"] and s["table"][3]["seconds_to_target_loss"] is None
     # 6 * 1e6 parameters * 100 tokens * 4 steps = 2.4e9 of 3e12 * 2 s = 6e12 model FLOPs
     assert fixed["attention_flop_share"] == pytest.approx(1 - 2.4e9 / 6e12)
+    assert [t.get("speedup_over_fixed") for t in s["table"]] == [1.0, 4.0, 2.0, 3.0, None]
     assert s["table"][4]["error"] == "OOM" and "real_tokens_per_s" not in s["table"][4]
     assert s["generation_by_order"] == {"sorted": {1: 5.0}, "random": {16: 50.0, 64: 90.0}}
     assert DECODER_RESULT["rows"][3]["strategy"] == "hf-flattening (sdpa)"     # input not mutated
@@ -274,6 +275,8 @@ def test_decoder_summary_without_a_side_has_no_ratio():
     s = results.decoder_summary({"config": {}, "rows": [_dec_row("fixed", 10.0)]})
     assert s["comparison"] == {"best_padlab": "fixed", "best_hf": None, "padlab_over_best_hf": None}
     assert s["table"][0]["attention_flop_share"] is None     # no parameter count: no share
+    s = results.decoder_summary({"config": {}, "rows": [_dec_row("dynamic", 10.0)]})
+    assert s["table"][0]["speedup_over_fixed"] is None       # no fixed row: no baseline
 
 
 def test_load_decoder_shipped_agrees_with_the_script():

@@ -411,7 +411,8 @@ def decoder_summary(result: Mapping[str, Any]) -> dict[str, Any]:
     ``peak_gib``, ``loss_last``, ``seconds_to_target_loss`` (``None`` if not reached),
     ``target_at_first_point`` (the target was already met at the first logged point, so the seconds
     measure one step, not learning), ``attention_flop_share`` (the share of the row's model FLOPs
-    that is attention: what is left after ``6 * parameters * real tokens``), ``error``.
+    that is attention: what is left after ``6 * parameters * real tokens``), ``speedup_over_fixed``
+    (real tokens/s over the uncompiled ``fixed`` row's; ``None`` without one), ``error``.
     ``comparison``: the best row of each side by real tokens/s (rows without an error), and the ratio
     ``padlab_over_best_hf``. ``generation_by_order``: ``{order: {batch_size: tokens_per_s}}``.
     """
@@ -438,6 +439,10 @@ def decoder_summary(result: Mapping[str, Any]) -> dict[str, Any]:
                        attention_flop_share=(1 - 6.0 * params * r["real_tokens_per_step"] * r["steps"] / flops
                                              if params and flops > 0 else None))
         table.append(row)
+    fixed = next((t for t in table if t["strategy"] == "fixed" and not t["error"]), None)
+    for t in table:
+        if not t["error"]:
+            t["speedup_over_fixed"] = t["real_tokens_per_s"] / fixed["real_tokens_per_s"] if fixed else None
     best: dict[str, Any] = {}
     for side in ("padlab", "transformers"):
         ok = [t for t in table if t["side"] == side and not t["error"]]
