@@ -231,3 +231,76 @@ def test_speed_table_and_load_matrix(tmp_path):
         results.load_matrix(tmp_path / "nope.json")
 
 
+
+
+# ----------------------------------------------------------------------------- decoder results
+
+def _dec_row(strategy, tps, *, seconds=2.0, tflops=3.0, compiled=False, **kw):
+    return {"strategy": strategy, "compiled": compiled, "steps": 4, "seconds": seconds, "real_tokens_per_s": tps,
+            "padded_fraction": 0.25, "model_tflops": tflops, "mfu_measured_peak": 0.5, "mfu_datasheet_peak": 0.25,
+            "peak_memory_bytes": 3 * 2 ** 30, "loss_first": 8.0, "loss_last": 6.0,
+            "loss_curve": [[0.5, 8.0], [1.0, 7.0]], "seconds_to_target_loss": 1.0, "real_tokens_per_step": 100.0, **kw}
+
+
+DECODER_RESULT = {"device": "test", "config": {"parameters": 1_000_000},
+                  "rows": [_dec_row("fixed", 10.0), _dec_row("packed-mask (sdpa)", 40.0),
+                           _dec_row("hf-length-grouped", 20.0, seconds_to_target_loss=0.5),
+                           _dec_row("hf-flattening (sdpa)", 30.0, compiled=True, seconds_to_target_loss=None),
+                           {"strategy": "hf-flattening (flex_attention)", "compiled": False, "error": "OOM"}],
+                  "generation": [{"batch_size": 1, "order": "sorted", "tokens_per_s": 5.0},
+                                 {"batch_size": 16, "order": "random", "tokens_per_s": 50.0},
+                                 {"batch_size": 64, "order": "random", "tokens_per_s": 90.0}]}
+
+
+def test_decoder_summary_by_hand():
+    s = results.decoder_summary(DECODER_RESULT)
+    assert [t["strategy"] for t in s["table"]] == ["fixed", "packed-mask (sdpa)", "hf-length-grouped",
+                                                   "hf-flattening (sdpa) [compiled]", "hf-flattening (flex_attention)"]
+    assert [t["side"] for t in s["table"]] == ["padlab"] * 2 + ["transformers"] * 3
+    # the compiled hf row (30) beats the uncompiled one (20); the errored row never counts
+    assert s["comparison"] == {"best_padlab": "packed-mask (sdpa)", "best_hf": "hf-flattening (sdpa) [compiled]",
+                               "padlab_over_best_hf": 40.0 / 30.0}
+    fixed = s["table"][0]
+    assert fixed["peak_gib"] == 3.0 and fixed["seconds_to_target_loss"] == 1.0 and not fixed["target_at_first_point"]
+    assert s["table"][2]["target_at_first_point"] and s["table"][3]["seconds_to_target_loss"] is None
+    # 6 * 1e6 parameters * 100 tokens * 4 steps = 2.4e9 of 3e12 * 2 s = 6e12 model FLOPs
+    assert fixed["attention_flop_share"] == pytest.approx(1 - 2.4e9 / 6e12)
+    assert [t.get("speedup_over_fixed") for t in s["table"]] == [1.0, 4.0, 2.0, 3.0, None]
+    assert s["table"][4]["error"] == "OOM" and "real_tokens_per_s" not in s["table"][4]
+    assert s["generation_by_order"] == {"sorted": {1: 5.0}, "random": {16: 50.0, 64: 90.0}}
+    assert DECODER_RESULT["rows"][3]["strategy"] == "hf-flattening (sdpa)"     # input not mutated
+
+
+def test_decoder_summary_without_a_side_has_no_ratio():
+    s = results.decoder_summary({"config": {}, "rows": [_dec_row("fixed", 10.0)]})
+    assert s["comparison"] == {"best_padlab": "fixed", "best_hf": None, "padlab_over_best_hf": None}
+    assert s["table"][0]["attention_flop_share"] is None     # no parameter count: no share
+    s = results.decoder_summary({"config": {}, "rows": [_dec_row("dynamic", 10.0)]})
+    assert s["table"][0]["speedup_over_fixed"] is None       # no fixed row: no baseline
+
+
+def test_load_decoder_shipped_agrees_with_the_script():
+    d = results.load_decoder("h200")
+    assert d["device"] == "NVIDIA H200" and d["complete"]
+    # the comparison recomputed from the rows equals what the benchmark script stored
+    assert d["comparison"]["best_padlab"] == d["best_padlab"] and d["comparison"]["best_hf"] == d["best_hf"]
+    assert d["comparison"]["padlab_over_best_hf"] == pytest.approx(d["padlab_over_best_hf"])
+    assert all(t["strategy"].startswith("hf-") == (t["side"] == "transformers") for t in d["table"])
+    assert len(d["table"]) == len(d["rows"]) and all(0 <= t["attention_flop_share"] < 1 for t in d["table"])
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: results.load_decoder("nope.json"), "path must name an existing decoder JSON"),
+    (lambda: results.decoder_summary("rows"), "result must be a decoder result"),
+    (lambda: results.decoder_summary({"rows": [{"real_tokens_per_s": 1.0}]}), "result must hold rows with a 'strategy'"),
+])
+def test_decoder_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_load_decoder_refuses_another_result(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text(json.dumps({"device": "d", "accuracy_rows": []}))
+    with pytest.raises(ValueError, match="path must hold a decoder result"):
+        results.load_decoder(p)

@@ -4,7 +4,8 @@ Three kinds of result: ``padlab bench`` / :func:`padlab.experiments.bench.run_be
 (:func:`load_result`, :func:`save_result`, :func:`rows_where`, :func:`best_row`,
 :func:`speedups`, :func:`loss_at`, ...), ``benchmarks/amp_matrix.py`` results
 (:func:`load_matrix`, :func:`summarize_matrix`, :func:`speed_table`), and
-``benchmarks/h200_inference.py`` results (:func:`load_inference`, :func:`inference_verdict`).
+``benchmarks/h200_inference.py`` results (:func:`load_inference`, :func:`inference_verdict`) and
+``benchmarks/h200_decoder.py`` results (:func:`load_decoder`, :func:`decoder_summary`).
 Speed-ups and other ratios are computed here and only here: plots (:mod:`padlab.viz`) receive them as data.
 
 **The shipped H100 files keep the names they were written with.** They came from padlab's
@@ -36,7 +37,8 @@ from ..precision import POLICIES
 
 __all__ = ["SHIPPED", "WORK", "load_result", "save_result", "is_history", "result_for_work", "rows_where", "best_row",
            "row_label", "speedups", "curve_seconds", "loss_at", "time_to_loss",
-           "load_matrix", "summarize_matrix", "speed_table", "load_inference", "inference_verdict"]
+           "load_matrix", "summarize_matrix", "speed_table", "load_inference", "inference_verdict",
+           "DECODER", "load_decoder", "decoder_summary"]
 
 WORK = ("tokens", "sequences")
 
@@ -368,3 +370,90 @@ def inference_verdict(result: Mapping[str, Any], *, accuracy_tolerance: float = 
                 "speedup": ups, "best_half": best, "best_half_speedup": half[best] if best else None}
     return {"accuracy_tolerance": accuracy_tolerance, "mae_tolerance": mae_tolerance, "tasks": tasks,
             "speed": out_speed}
+
+
+# --------------------------------------------------------------------------- decoder (SFT) results
+
+#: The shipped decoder runs of ``benchmarks/h200_decoder.py`` (``data/benchmarks/``).
+DECODER = {"h200": "h200_decoder.json"}
+
+
+def load_decoder(path: Any = "h200") -> dict[str, Any]:
+    """Read a ``benchmarks/h200_decoder.py`` JSON file and add :func:`decoder_summary`'s keys to it.
+
+    ``path`` may be a key of :data:`DECODER` (``"h200"``: the shipped ``data/benchmarks/h200_decoder.json``).
+    The stored keys are returned as written; ``table``, ``comparison`` and ``generation_by_order`` are
+    computed from the rows (the stored ``best_padlab``/``padlab_over_best_hf`` are the script's own).
+    """
+    from ..data import data_dir
+
+    if isinstance(path, str) and path in DECODER:
+        path = data_dir() / "benchmarks" / DECODER[path]
+    p = Path(path)
+    if not p.is_file():
+        raise fail("path", str(path), f"name an existing decoder JSON file or one of {tuple(DECODER)}")
+    data = _unjson(json.loads(p.read_text()))
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or "config" not in data:
+        raise fail("path", str(path), "hold a decoder result (an object with 'config' and 'rows')")
+    return {**data, **decoder_summary(data)}
+
+
+def _label(r: Mapping[str, Any]) -> str:
+    return r["strategy"] + (" [compiled]" if r.get("compiled") else "")
+
+
+def decoder_summary(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What a decoder result says, computed from its rows.
+
+    ``table``: one dict per row in run order: ``strategy`` (`` [compiled]`` appended for compiled rows),
+    ``side`` (``"transformers"`` for rows whose strategy starts with ``hf-``, else ``"padlab"``),
+    ``real_tokens_per_s``, ``padded_fraction``, ``mfu_measured_peak``, ``mfu_datasheet_peak``,
+    ``peak_gib``, ``loss_last``, ``seconds_to_target_loss`` (``None`` if not reached),
+    ``target_at_first_point`` (the target was already met at the first logged point, so the seconds
+    measure one step, not learning), ``attention_flop_share`` (the share of the row's model FLOPs
+    that is attention: what is left after ``6 * parameters * real tokens``), ``speedup_over_fixed``
+    (real tokens/s over the uncompiled ``fixed`` row's; ``None`` without one), ``error``.
+    ``comparison``: the best row of each side by real tokens/s (rows without an error), and the ratio
+    ``padlab_over_best_hf``. ``generation_by_order``: ``{order: {batch_size: tokens_per_s}}``.
+    """
+    if not isinstance(result, Mapping) or not isinstance(result.get("rows"), list):
+        raise fail("result", type(result).__name__, "be a decoder result with 'rows'")
+    params = (result.get("config") or {}).get("parameters")
+    table = []
+    for r in result["rows"]:
+        if not isinstance(r, Mapping) or "strategy" not in r:
+            raise fail("result", r, "hold rows with a 'strategy'")
+        err = r.get("error")
+        row: dict[str, Any] = {"strategy": _label(r), "side": "transformers" if r["strategy"].startswith("hf-") else "padlab",
+                               "error": err}
+        if not err:
+            mem = r.get("peak_memory_bytes")
+            curve = r.get("loss_curve") or []
+            reach = r.get("seconds_to_target_loss")
+            flops = r["model_tflops"] * 1e12 * r["seconds"]
+            row.update(real_tokens_per_s=r["real_tokens_per_s"], padded_fraction=r["padded_fraction"],
+                       mfu_measured_peak=r.get("mfu_measured_peak"), mfu_datasheet_peak=r.get("mfu_datasheet_peak"),
+                       peak_gib=mem / 2 ** 30 if mem else None, loss_last=r["loss_last"],
+                       seconds_to_target_loss=reach,
+                       target_at_first_point=bool(reach is not None and curve and reach == curve[0][0]),
+                       attention_flop_share=(1 - 6.0 * params * r["real_tokens_per_step"] * r["steps"] / flops
+                                             if params and flops > 0 else None))
+        table.append(row)
+    fixed = next((t for t in table if t["strategy"] == "fixed" and not t["error"]), None)
+    for t in table:
+        if not t["error"]:
+            t["speedup_over_fixed"] = t["real_tokens_per_s"] / fixed["real_tokens_per_s"] if fixed else None
+    best: dict[str, Any] = {}
+    for side in ("padlab", "transformers"):
+        ok = [t for t in table if t["side"] == side and not t["error"]]
+        best[side] = max(ok, key=lambda t: t["real_tokens_per_s"]) if ok else None
+    ratio = (best["padlab"]["real_tokens_per_s"] / best["transformers"]["real_tokens_per_s"]
+             if best["padlab"] and best["transformers"] else None)
+    comparison = {"best_padlab": best["padlab"]["strategy"] if best["padlab"] else None,
+                  "best_hf": best["transformers"]["strategy"] if best["transformers"] else None,
+                  "padlab_over_best_hf": ratio}
+    gen: dict[str, dict[int, float]] = {}
+    for g in result.get("generation") or []:
+        if not g.get("error"):
+            gen.setdefault(g["order"], {})[int(g["batch_size"])] = g["tokens_per_s"]
+    return {"table": table, "comparison": comparison, "generation_by_order": gen}
