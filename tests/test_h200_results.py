@@ -220,6 +220,8 @@ def test_shipped_files_load_and_their_verdicts_follow_the_raw_rows():
     assert sorted(r["speedup"] for r in refs) == pytest.approx(sorted(stored.values()))
     for r in refs:
         assert math.isfinite(r["speedup"]) and r["tokens_per_step"] > 0
+    m06 = next(r for r in refs if (r["chapter"], r["model"], r["precision"]) == ("06", "bert-base", "bf16-amp"))
+    assert m06["layout"] == "32x128 tokens" and m06["tokens_per_step"] == 32 * 128
     inf = results.load_inference("h200")
     curves = results.inference_speedups(results.inference_verdict(inf))
     row = next(r for r in inf["speed_rows"] if r["model"] == "bert-base" and r["batch_size"] == 256

@@ -503,8 +503,9 @@ def amp_references() -> list[dict[str, Any]]:
     """The AMP speed-ups chapters 06 and 07 quote, computed from the shipped files (not retyped):
     chapter 06's ``amp_matrix_h100.json`` speed rows (fp32 step time over the policy's) and chapter
     07's fixed-strategy rows of ``bench_h200.json`` (H200) and ``bench_h100_tokens.json`` (H100
-    history; its ``bf16-amp`` ran with TF32 on). One dict per figure: chapter, model, device,
-    precision, tokens_per_step, speedup, source."""
+    history; its ``bf16-amp`` ran with TF32 on, and its tokens/s is a median step's: a ratio of two
+    of its rows still holds). One dict per figure: chapter, model, device,
+    precision, tokens_per_step, speedup, layout (``"32x128 tokens"``, ``"fixed, 65,536 slots"``), source."""
     from ..data import data_dir
 
     out: list[dict[str, Any]] = []
@@ -513,7 +514,7 @@ def amp_references() -> list[dict[str, Any]]:
         if r["policy"] in ("bf16-amp", "tf32") and math.isfinite(r["time_vs_fp32"]):
             out.append({"chapter": "06", "model": r["model"], "device": "H100", "precision": r["policy"],
                         "tokens_per_step": int(r["batch_size"] * r["length"]), "speedup": 1 / r["time_vs_fp32"],
-                        "source": "amp_matrix_h100.json"})
+                        "layout": f"{r['batch_size']}x{r['length']} tokens", "source": "amp_matrix_h100.json"})
     for key, device in (("h200", "H200"), ("tokens", "H100 history")):
         res = load_result(key)
         base = rows_where(res, strategy="fixed", precision="fp32")
@@ -523,7 +524,7 @@ def amp_references() -> list[dict[str, Any]]:
                 slots = base[0].get("slots_per_step") or res.get("config", {}).get("budget")
                 out.append({"chapter": "07", "model": "bert-base", "device": device, "precision": p,
                             "tokens_per_step": int(slots), "speedup": amp[0]["real_tokens_per_s"] / base[0]["real_tokens_per_s"],
-                            "source": SHIPPED[key]})
+                            "layout": f"fixed, {slots:,.0f} slots", "source": SHIPPED[key]})
     return out
 
 
