@@ -209,25 +209,13 @@ def verdict(speedup_rows: list[dict[str, Any]], profiles: list[dict[str, Any]], 
 
 
 def chapter_references() -> dict[str, Any]:
-    """The figures the sweep reconciles, read from the shipped files (not retyped)."""
-    from padlab.data import data_dir
-
+    """The figures the sweep reconciles, read from the shipped files (not retyped):
+    :func:`padlab.experiments.results.amp_references`, keyed by chapter, model, policy and layout."""
     out: dict[str, Any] = {}
     try:
-        m = results.load_matrix(data_dir() / "benchmarks" / "amp_matrix_h100.json")
-        for r in results.speed_table(m):
-            if r["policy"] in ("bf16-amp", "tf32"):
-                out[f"06 {r['model']} {r['policy']}/fp32 ({r['batch_size']}x{r['length']} tokens)"] = 1 / r["time_vs_fp32"]
-        # 07: the H200 reference run and the H100 history (whose tokens/s is a median step's: a ratio still holds)
-        for key, where in (("h200", "H200"), ("tokens", "H100 history")):
-            h = results.load_result(key)
-            base = results.rows_where(h, strategy="fixed", precision="fp32")
-            for p in ("tf32", "bf16-amp"):
-                amp = results.rows_where(h, strategy="fixed", precision=p)
-                if base and amp:
-                    slots = base[0].get("slots_per_step") or h.get("config", {}).get("budget")
-                    out[f"07 bert-base {p}/fp32 ({where}, fixed, {slots:,.0f} slots)"] = (
-                        amp[0]["real_tokens_per_s"] / base[0]["real_tokens_per_s"])
+        for r in results.amp_references():
+            where = r["layout"] if r["chapter"] == "06" else f"{r['device']}, {r['layout']}"
+            out[f"{r['chapter']} {r['model']} {r['precision']}/fp32 ({where})"] = r["speedup"]
     except Exception as e:  # a reference that cannot be read must not cost the run
         out["error"] = f"{type(e).__name__}: {e}"
     return out

@@ -4,8 +4,12 @@ Three kinds of result: ``padlab bench`` / :func:`padlab.experiments.bench.run_be
 (:func:`load_result`, :func:`save_result`, :func:`rows_where`, :func:`best_row`,
 :func:`speedups`, :func:`loss_at`, ...), ``benchmarks/amp_matrix.py`` results
 (:func:`load_matrix`, :func:`summarize_matrix`, :func:`speed_table`), and
-``benchmarks/h200_inference.py`` results (:func:`load_inference`, :func:`inference_verdict`) and
-``benchmarks/h200_decoder.py`` results (:func:`load_decoder`, :func:`decoder_summary`).
+``benchmarks/h200_inference.py`` results (:func:`load_inference`, :func:`inference_verdict`,
+:func:`inference_speedups`), ``benchmarks/h200_memory.py`` results (:func:`load_memory`,
+:func:`memory_verdict`, :func:`memory_table`), ``benchmarks/h200_amp_tokens.py`` results
+(:func:`load_amp_tokens`, :func:`amp_tokens_verdict`, with :func:`amp_references`: the figures
+chapters 06 and 07 quote, read from their shipped files) and ``benchmarks/h200_decoder.py`` results
+(:func:`load_decoder`, :func:`decoder_summary`).
 Speed-ups and other ratios are computed here and only here: plots (:mod:`padlab.viz`) receive them as data.
 
 **The shipped H100 files keep the names they were written with.** They came from padlab's
@@ -38,7 +42,8 @@ from ..precision import POLICIES
 __all__ = ["SHIPPED", "WORK", "load_result", "save_result", "is_history", "result_for_work", "rows_where", "best_row",
            "row_label", "speedups", "curve_seconds", "loss_at", "time_to_loss",
            "load_matrix", "summarize_matrix", "speed_table", "load_inference", "inference_verdict",
-           "DECODER", "load_decoder", "decoder_summary"]
+           "inference_speedups", "load_memory", "memory_verdict", "memory_table", "load_amp_tokens",
+           "amp_references", "amp_tokens_verdict", "DECODER", "load_decoder", "decoder_summary"]
 
 WORK = ("tokens", "sequences")
 
@@ -370,6 +375,216 @@ def inference_verdict(result: Mapping[str, Any], *, accuracy_tolerance: float = 
                 "speedup": ups, "best_half": best, "best_half_speedup": half[best] if best else None}
     return {"accuracy_tolerance": accuracy_tolerance, "mae_tolerance": mae_tolerance, "tasks": tasks,
             "speed": out_speed}
+
+
+def inference_speedups(verdict: Mapping[str, Any]) -> dict[str, dict[str, dict[int, float]]]:
+    """An :func:`inference_verdict`'s speed-ups regrouped for a plot: ``{model: {precision:
+    {batch_size: speed-up over fp32}}}``, batch sizes ascending (fp32 itself, always 1, left out)."""
+    if not isinstance(verdict, Mapping) or not isinstance(verdict.get("speed"), Mapping):
+        raise fail("verdict", type(verdict).__name__, "be an inference_verdict result (with 'speed')")
+    out: dict[str, dict[str, dict[int, float]]] = {}
+    for model, by_bs in verdict["speed"].items():
+        curves: dict[str, dict[int, float]] = {}
+        for bs in sorted(by_bs, key=int):
+            for p, x in by_bs[bs]["speedup"].items():
+                if p != "fp32":
+                    curves.setdefault(p, {})[int(bs)] = x
+        out[model] = curves
+    return out
+
+
+# --------------------------------------------------------------------------- memory budget results
+
+def _load_shipped(path: Any, shipped: str, keys: tuple[str, ...], what: str) -> dict[str, Any]:
+    from ..data import data_dir
+
+    if path == "h200":
+        path = data_dir() / "benchmarks" / shipped
+    p = Path(path)
+    if not p.is_file():
+        raise fail("path", str(path), f"name an existing {what} JSON file or 'h200'")
+    data = json.loads(p.read_text())
+    if not isinstance(data, dict) or not all(k in data for k in keys):
+        raise fail("path", str(path), f"hold an object with {', '.join(map(repr, keys))}")
+    return _unjson(data)
+
+
+def load_memory(path: Any) -> dict[str, Any]:
+    """Read a ``benchmarks/h200_memory.py`` JSON file; ``"h200"``: the shipped ``h200_memory.json``."""
+    return _load_shipped(path, "h200_memory.json", ("rows", "config"), "memory budget")
+
+
+def _verified(v: Any) -> str:
+    """What the capped-fraction check of one budget says: 'fits', 'failed', 'not run: ...'."""
+    if not isinstance(v, Mapping):
+        return "not run"
+    if v.get("error"):
+        return f"not run: {v['error']}"
+    if v.get("skipped"):
+        return f"skipped: {v['skipped']}"
+    fit = v.get("at_prediction", {})
+    if isinstance(fit, Mapping) and "fits" in fit:
+        return "fits" if fit["fits"] and v.get("cap_enforced", True) else "failed"
+    return "not run"
+
+
+def memory_verdict(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The verdict of a memory-budget result, computed from its rows.
+
+    ``rows``: one per (model, recipe, checkpointing, budget): the policy the budget runs it in
+    (bf16 recipes in fp16-amp on the 16 GB T4), padlab's ``estimated`` largest tokens per step,
+    the ``fitted`` one (the linear fit of the measured peaks), ``ratio`` = estimated / fitted,
+    ``real_tokens`` at the estimated maximum, ``chapter00`` (chapter 00's estimate where the file
+    has one, else None), ``trains``: at least one sequence of ``max_length`` tokens fits, and
+    ``verified``: what the capped check says. ``points``: per (model, recipe, checkpointing)
+    the smallest and largest estimate / measured peak over its measured sizes (``chapter00``
+    likewise, where present). ``budgets``: per budget and model, whether any recipe trains it,
+    the one that fits the most real tokens a step (``best``) and the best without checkpointing. ``verified_ran``: whether any capped check ran
+    at all; ``verification_errors``: the distinct errors of those that did not.
+    """
+    if not isinstance(result, Mapping) or not isinstance(result.get("rows"), list) or "config" not in result:
+        raise fail("result", type(result).__name__, "be a memory-budget result with 'rows' and 'config'")
+    max_length = int(result["config"].get("max_length", 512))
+    rows, points, errors = [], [], []
+    for r in result["rows"]:
+        if r.get("error") or "budgets" not in r:
+            continue
+        key = {"model": r["model"], "recipe": r["recipe"], "checkpointing": bool(r["checkpointing"])}
+        over = [p["estimate_over_measured"] for p in r.get("points", [])]
+        c00 = [p["chapter00_over_measured"] for p in r.get("points", []) if p.get("chapter00_over_measured")]
+        points.append({**key, "estimate_over_measured": (min(over), max(over)) if over else None,
+                       "chapter00_over_measured": (min(c00), max(c00)) if c00 else None})
+        for budget, b in r["budgets"].items():
+            est, fitted = int(b["estimated_max_tokens"]), int(b["measured_fit_max_tokens"])
+            verified = _verified(b.get("verified"))
+            if verified.startswith("not run: "):
+                errors.append(verified[len("not run: "):])
+            rows.append({**key, "budget": budget, "precision": b["precision"], "estimated": est, "fitted": fitted,
+                         "ratio": est / fitted if fitted else math.nan,
+                         "real_tokens": int(b.get("real_tokens_at_estimated_max", 0)),
+                         "chapter00": b.get("chapter00_max_tokens"), "trains": est >= max_length,
+                         "verified": verified})
+    budgets: dict[str, Any] = {}
+    for row in rows:
+        m = budgets.setdefault(row["budget"], {}).setdefault(
+            row["model"], {"trains": False, "best": None, "best_without_checkpointing": None})
+        m["trains"] = m["trains"] or row["trains"]
+        for key in ("best", "best_without_checkpointing"):
+            if key == "best_without_checkpointing" and row["checkpointing"]:
+                continue
+            if row["trains"] and (m[key] is None or row["real_tokens"] > m[key]["real_tokens"]):
+                m[key] = {k: row[k] for k in ("recipe", "checkpointing", "precision", "estimated", "real_tokens")}
+    return {"max_length": max_length, "rows": rows, "points": points, "budgets": budgets,
+            "verified_ran": any(not r["verified"].startswith(("not run", "skipped")) for r in rows),
+            "verification_errors": sorted(set(errors))}
+
+
+def memory_table(verdict: Mapping[str, Any], *, what: str = "estimated") -> dict[str, dict[str, dict[str, int]]]:
+    """A :func:`memory_verdict`'s largest tokens per step regrouped for a plot: ``{model:
+    {"recipe" or "recipe + ckpt": {budget: tokens}}}``; ``what``: ``"estimated"``, ``"fitted"`` or
+    ``"real_tokens"``."""
+    check_choice("what", what, ("estimated", "fitted", "real_tokens"))
+    if not isinstance(verdict, Mapping) or not isinstance(verdict.get("rows"), list):
+        raise fail("verdict", type(verdict).__name__, "be a memory_verdict result (with 'rows')")
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for r in verdict["rows"]:
+        label = r["recipe"] + (" + ckpt" if r["checkpointing"] else "")
+        out.setdefault(r["model"], {}).setdefault(label, {})[r["budget"]] = r[what]
+    return out
+
+
+# --------------------------------------------------------------------------- AMP against tokens per step
+
+def load_amp_tokens(path: Any) -> dict[str, Any]:
+    """Read a ``benchmarks/h200_amp_tokens.py`` JSON file; ``"h200"``: the shipped ``h200_amp_tokens.json``."""
+    return _load_shipped(path, "h200_amp_tokens.json", ("rows", "profiles"), "AMP tokens-per-step")
+
+
+def amp_references() -> list[dict[str, Any]]:
+    """The AMP speed-ups chapters 06 and 07 quote, computed from the shipped files (not retyped):
+    chapter 06's ``amp_matrix_h100.json`` speed rows (fp32 step time over the policy's) and chapter
+    07's fixed-strategy rows of ``bench_h200.json`` (H200) and ``bench_h100_tokens.json`` (H100
+    history; its ``bf16-amp`` ran with TF32 on, and its tokens/s is a median step's: a ratio of two
+    of its rows still holds). One dict per figure: chapter, model, device,
+    precision, tokens_per_step, speedup, layout (``"32x128 tokens"``, ``"fixed, 65,536 slots"``), source."""
+    from ..data import data_dir
+
+    out: list[dict[str, Any]] = []
+    matrix = load_matrix(data_dir() / "benchmarks" / "amp_matrix_h100.json")
+    for r in speed_table(matrix):
+        if r["policy"] in ("bf16-amp", "tf32") and math.isfinite(r["time_vs_fp32"]):
+            out.append({"chapter": "06", "model": r["model"], "device": "H100", "precision": r["policy"],
+                        "tokens_per_step": int(r["batch_size"] * r["length"]), "speedup": 1 / r["time_vs_fp32"],
+                        "layout": f"{r['batch_size']}x{r['length']} tokens", "source": "amp_matrix_h100.json"})
+    for key, device in (("h200", "H200"), ("tokens", "H100 history")):
+        res = load_result(key)
+        base = rows_where(res, strategy="fixed", precision="fp32")
+        for p in ("tf32", "bf16-amp"):
+            amp = rows_where(res, strategy="fixed", precision=p)
+            if base and amp:
+                slots = base[0].get("slots_per_step") or res.get("config", {}).get("budget")
+                out.append({"chapter": "07", "model": "bert-base", "device": device, "precision": p,
+                            "tokens_per_step": int(slots), "speedup": amp[0]["real_tokens_per_s"] / base[0]["real_tokens_per_s"],
+                            "layout": f"fixed, {slots:,.0f} slots", "source": SHIPPED[key]})
+    return out
+
+
+def amp_tokens_verdict(result: Mapping[str, Any], *, references: list[Mapping[str, Any]] | None = None,
+                       threshold: float = 4.0, busy_below: float = 0.5, amp: str = "bf16-amp",
+                       base: str = "fp32") -> dict[str, Any]:
+    """The verdict of an AMP tokens-per-step sweep, computed from its rows and profiles.
+
+    Per model: ``speedup[precision][tokens]``, each policy's real tokens/s over ``base``'s at the
+    same size (rows with an error left out; ``skipped`` lists them as (tokens, precision, why));
+    ``mfu[precision][tokens]``; for ``amp``: ``max_speedup``, ``crosses_threshold_at_tokens`` (the
+    smallest size reaching ``threshold``, None if none); ``profiles[tokens][precision]``: GPU-busy
+    fraction (kernel time / unprofiled step), kernels per step, kernel ms per step;
+    ``launch_bound[tokens]``: the ``amp`` step busy below ``busy_below``; ``extra_kernels[tokens]``:
+    kernels per ``amp`` step minus per ``base`` step (autocast's casts). ``references``: each of
+    :func:`amp_references`'s figures beside this sweep's speed-up for the same model, precision and
+    size (None where the sweep has no such row) and its largest measured one for that precision.
+    """
+    if not isinstance(result, Mapping) or not isinstance(result.get("rows"), list):
+        raise fail("result", type(result).__name__, "be an AMP tokens-per-step result with 'rows'")
+    models: dict[str, Any] = {}
+    for r in result["rows"]:
+        m = models.setdefault(r["model"], {"speedup": {}, "mfu": {}, "skipped": [], "profiles": {},
+                                           "launch_bound": {}, "extra_kernels": {}})
+        if r.get("error"):
+            m["skipped"].append((int(r["tokens_per_step"]), r["precision"], r["error"]))
+    for model, m in models.items():
+        ok = {(r["tokens_per_step"], r["precision"]): r for r in result["rows"]
+              if r["model"] == model and not r.get("error")}
+        for (t, p), r in sorted(ok.items()):
+            if r.get("mfu") is not None:
+                m["mfu"].setdefault(p, {})[int(t)] = r["mfu"]
+            b = ok.get((t, base))
+            if p != base and b is not None:
+                m["speedup"].setdefault(p, {})[int(t)] = r["real_tokens_per_s"] / b["real_tokens_per_s"]
+        curve = m["speedup"].get(amp, {})
+        m["max_speedup"] = max(curve.values(), default=None)
+        m["crosses_threshold_at_tokens"] = next((t for t, x in sorted(curve.items()) if x >= threshold), None)
+        for pr in result.get("profiles", []):
+            if pr.get("model") != model or pr.get("error"):
+                continue
+            m["profiles"].setdefault(int(pr["tokens_per_step"]), {})[pr["precision"]] = {
+                "gpu_busy_fraction": pr.get("gpu_busy_fraction"), "kernels_per_step": pr.get("kernels_per_step"),
+                "kernel_ms_per_step": pr.get("kernel_ms_per_step")}
+        for t, by_p in sorted(m["profiles"].items()):
+            a = by_p.get(amp)
+            if a and a["gpu_busy_fraction"] is not None:
+                m["launch_bound"][t] = a["gpu_busy_fraction"] < busy_below
+            if a and base in by_p and a["kernels_per_step"] is not None and by_p[base]["kernels_per_step"] is not None:
+                m["extra_kernels"][t] = a["kernels_per_step"] - by_p[base]["kernels_per_step"]
+    refs = []
+    for ref in references or ():
+        m = models.get(ref["model"], {"speedup": {}})
+        curve = m["speedup"].get(ref["precision"], {})
+        best = max(curve.items(), key=lambda kv: kv[1]) if curve else None
+        refs.append({**ref, "sweep": curve.get(int(ref["tokens_per_step"])),
+                     "sweep_best": {"tokens_per_step": best[0], "speedup": best[1]} if best else None})
+    return {"threshold": threshold, "busy_below": busy_below, "amp": amp, "base": base, "models": models,
+            "references": refs}
 
 
 # --------------------------------------------------------------------------- decoder (SFT) results

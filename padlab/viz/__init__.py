@@ -22,8 +22,9 @@ from .packing import (attention_mask_panels, max_difference_bars, pack_bars, pac
                       strategy_efficiency_bars)
 from .padding import (length_histogram, mask_heatmap, padded_length_distribution, waste_vs_batch_size,
                       waste_vs_max_length)
-from .precision import (autocast_dtype_grid, gradient_histogram, loss_scale_dynamics, policy_curves,
-                        policy_result_bars, policy_speed_memory)
+from .precision import (amp_speedup_vs_tokens, autocast_dtype_grid, gradient_histogram, inference_speedup_vs_batch,
+                        loss_scale_dynamics, memory_budget_bars, policy_curves, policy_result_bars,
+                        policy_speed_memory)
 from .schematics import (FLOW_COLOURS, NO_SLOT_COLOUR, autocast_flow, batch_shape_schematic, layout_schematic,
                          row_mask_colours, slot_colours)
 from .style import (FIELD_COLOURS, FORMAT_COLOURS, POLICY_COLOURS, SEQUENCE_COLOURS, STRATEGY_COLOURS,
@@ -40,6 +41,7 @@ __all__ = ["CHAPTERS", "style", "schematics", "FIELD_COLOURS", "FORMAT_COLOURS",
            "attention_mask_panels", "max_difference_bars", "strategy_efficiency_bars", "bit_layout", "float_bits",
            "value_density", "precision_vs_magnitude", "format_ranges", "autocast_dtype_grid", "gradient_histogram",
            "loss_scale_dynamics", "policy_curves", "policy_result_bars", "policy_speed_memory",
+           "inference_speedup_vs_batch", "memory_budget_bars", "amp_speedup_vs_tokens",
            "bench_speedup_bars", "bench_summary", "speedup_bars", "loss_curves_per_example", "anomaly_cold_warm",
            "profile_families", "throughput_vs_budget", "NO_SLOT_COLOUR", "FLOW_COLOURS", "layout_schematic",
            "slot_colours", "row_mask_colours", "autocast_flow", "batch_shape_schematic"]

@@ -1,15 +1,20 @@
-"""Chapter 06 figures: autocast dtypes, gradient ranges, loss scaling, and results per precision policy."""
+"""Chapter 06 figures: autocast dtypes, gradient ranges, loss scaling, results per precision policy, and the
+H200 measurements of chapter 06 (inference speed-up per batch size, the memory budget, AMP against tokens a step)."""
 from __future__ import annotations
+
+import re
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
 from .._validate import fail
-from .style import DTYPE_COLOURS, GUIDE_COLOUR, MARK_COLOUR, POLICY_COLOURS, SERIES_COLOURS, new_figure
+from .style import (DTYPE_COLOURS, GUIDE_COLOUR, MARK_COLOUR, MEASURE_COLOURS, POLICY_COLOURS, SERIES_COLOURS,
+                    colours_for, new_figure)
 
 __all__ = ["autocast_dtype_grid", "gradient_histogram", "loss_scale_dynamics", "policy_curves",
-           "policy_result_bars", "policy_speed_memory"]
+           "policy_result_bars", "policy_speed_memory", "inference_speedup_vs_batch", "memory_budget_bars",
+           "amp_speedup_vs_tokens"]
 
 
 _DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int64": "int"}
@@ -189,4 +194,123 @@ def policy_speed_memory(ratios_by_model: dict[str, dict[str, tuple[float | None,
         ax.set_title(f"{what.capitalize()} per training step{' on ' + device if device else ''}", fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, ncols=len(policies), loc="outside lower center")
+    return fig
+
+
+def _colours(names: list[str], policies: dict[str, str] | None) -> dict[str, str]:
+    """One colour per name; a name ``policies`` maps to a policy takes that policy's colour where it is free."""
+    policies = policies or {}
+    cols = colours_for([policies.get(n, n) for n in names])
+    if len(set(cols)) < len(cols):   # two names on one policy (fp8 rows under bf16-amp): the later ones take free colours
+        cols = colours_for([policies.get(n, n) if cols.index(c) == i else n for i, (n, c) in enumerate(zip(names, cols))])
+    return dict(zip(names, cols))
+
+
+def inference_speedup_vs_batch(curves: dict[str, dict[str, dict[int, float]]], *,
+                               policies: dict[str, str] | None = None, device: str = "") -> Figure:
+    """Forward speed-up over fp32 against batch size, one panel per model, one line per precision.
+
+    ``curves[model][precision] = {batch_size: speed-up}``, as the caller computed them (e.g.
+    :func:`padlab.experiments.results.inference_speedups`); ``policies`` maps a precision name to
+    the policy whose colour it takes (``"fp16-autocast": "fp16-amp"``). A dashed line marks 1x.
+    """
+    if not curves or not all(isinstance(v, dict) and v for v in curves.values()):
+        raise fail("curves", curves, "hold at least one model: {precision: {batch_size: speed-up}}")
+    names = list(dict.fromkeys(p for by_p in curves.values() for p in by_p))
+    colour = _colours(names, policies)
+    fig, axes = new_figure(figsize=(5.2 * len(curves), 3.8), ncols=len(curves), squeeze=False, sharey=True)
+    for ax, (model, by_p) in zip(axes[0], curves.items()):
+        for p, pts in by_p.items():
+            bs = sorted(pts)
+            ls = ":" if p.startswith("fp8") else "--" if p.endswith("pure") else "-"
+            ax.plot(bs, [pts[b] for b in bs], marker="o", ls=ls, color=colour[p], label=p)
+        ax.axhline(1.0, color=GUIDE_COLOUR, lw=1, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_xlabel("batch size (sequences)")
+        ax.set_title(f"{model}{' on ' + device if device else ''}", fontsize=10)
+    axes[0][0].set_ylabel("forward speed-up over fp32")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncols=4, loc="outside lower center")
+    return fig
+
+
+def memory_budget_bars(tokens: dict[str, dict[str, dict[str, int]]], *,
+                       fitted: dict[str, dict[str, dict[str, int]]] | None = None, title: str = "") -> Figure:
+    """The largest tokens per step that fit each memory budget, one panel per model: a group of bars
+    per budget, one bar per recipe (``tokens[model][recipe][budget]``, e.g. padlab's estimate), a
+    black tick per bar at ``fitted`` (e.g. the measured fit) where given. Log scale; a recipe with
+    " + ckpt" in its name is hatched."""
+    if not tokens or not all(isinstance(v, dict) and v for v in tokens.values()):
+        raise fail("tokens", tokens, "hold at least one model: {recipe: {budget: tokens}}")
+    fig, axes = new_figure(figsize=(5.6 * len(tokens), 4.0), ncols=len(tokens), squeeze=False, sharey=True)
+    recipes = list(dict.fromkeys(r for by_r in tokens.values() for r in by_r))
+    base = list(dict.fromkeys(r.replace(" + ckpt", "") for r in recipes))
+    # "fixed-512 fp32" takes the strategy's colour ("fixed"): a length suffix does not change the strategy
+    colour = dict(zip(base, colours_for([re.sub(r"-\d+$", "", b.split()[0]) for b in base])))
+    width = 0.8 / max(1, len(recipes))
+    for ax, (model, by_r) in zip(axes[0], tokens.items()):
+        budgets = list(dict.fromkeys(b for v in by_r.values() for b in v))
+        for j, rec in enumerate(recipes):
+            vals = np.array([float(by_r.get(rec, {}).get(b, np.nan)) for b in budgets])
+            x = np.arange(len(budgets)) + (j - (len(recipes) - 1) / 2) * width
+            ax.bar(x, vals, width, color=colour[rec.replace(" + ckpt", "")], label=rec,
+                   hatch="//" if "+ ckpt" in rec else None, edgecolor="white", lw=0.5)
+            if fitted is not None:
+                fit = np.array([float(fitted.get(model, {}).get(rec, {}).get(b, np.nan)) for b in budgets])
+                ax.scatter(x, fit, marker="_", s=120, color="k", zorder=3,
+                           label="measured fit" if j == 0 else None)
+        ax.set_yscale("log")
+        ax.set_xticks(np.arange(len(budgets)), budgets)
+        ax.set_title(model, fontsize=10)
+    axes[0][0].set_ylabel("largest tokens per step")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncols=4, loc="outside lower center")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def amp_speedup_vs_tokens(speedups: dict[str, dict[str, dict[int, float]]], *,
+                          busy: dict[str, dict[str, dict[int, float]]] | None = None,
+                          references: list[tuple[str, int, float]] | None = None, device: str = "") -> Figure:
+    """Left: each policy's training speed-up over fp32 against tokens per step
+    (``speedups[model][policy] = {tokens: speed-up}``; one marker style per model, one colour per
+    policy) with ``references`` as labelled stars ``(label, tokens, speed-up)``. Right (with
+    ``busy``): the GPU-busy fraction per profiled size, ``busy[model][policy] = {tokens: fraction}``."""
+    if not speedups or not all(isinstance(v, dict) for v in speedups.values()):
+        raise fail("speedups", speedups, "hold at least one model: {policy: {tokens: speed-up}}")
+    fig, axes = new_figure(figsize=(11, 4.0), ncols=2 if busy else 1, squeeze=False)
+    ax = axes[0][0]
+    markers = dict(zip(speedups, "os^Dv"))
+    for model, by_p in speedups.items():
+        for p, pts in by_p.items():
+            t = sorted(pts)
+            ax.plot(t, [pts[x] for x in t], marker=markers[model], color=POLICY_COLOURS.get(p),
+                    ls="-" if markers[model] == "o" else "--", label=f"{model}: {p}/fp32")
+    for i, (label, t, x) in enumerate(references or ()):
+        ax.scatter([t], [x], marker="*", s=140, color=SERIES_COLOURS[(i + 4) % len(SERIES_COLOURS)], zorder=4,
+                   edgecolor="k", lw=0.5, label=label)
+    ax.axhline(1.0, color=GUIDE_COLOUR, lw=1, ls="--")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("tokens per step")
+    ax.set_ylabel("speed-up over fp32 (real tokens/s)")
+    ax.set_title(f"Training step speed-up{' on ' + device if device else ''}", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    if busy:
+        bx = axes[0][1]
+        bars = [(f"{m}\n{t:,}", p, f) for m, by_p in busy.items() for p, pts in by_p.items() for t, f in pts.items()]
+        groups = list(dict.fromkeys(g for g, _, _ in bars))
+        pols = list(dict.fromkeys(p for _, p, _ in bars))
+        width = 0.8 / max(1, len(pols))
+        for j, p in enumerate(pols):
+            vals = [next((f for g2, p2, f in bars if g2 == g and p2 == p), np.nan) for g in groups]
+            x = np.arange(len(groups)) + (j - (len(pols) - 1) / 2) * width
+            bx.bar(x, np.array(vals, dtype=float), width, color=POLICY_COLOURS.get(p, MEASURE_COLOURS["gpu"]), label=p)
+        bx.axhline(1.0, color=GUIDE_COLOUR, lw=1, ls="--")
+        bx.set_xticks(np.arange(len(groups)), groups, fontsize=8)
+        bx.set_ylabel("GPU busy (kernel time / step time)")
+        bx.set_title("How much of a step the GPU computes", fontsize=10)
+        bx.legend(fontsize=8)
     return fig
