@@ -13,14 +13,17 @@ sweep runs both models over tokens per step so that the two figures sit on one c
   up, then the timed warm pass over the same steps): median step, real tokens/s, model TFLOP/s and
   MFU against a bf16 matmul peak measured in the run (and the datasheet's on an H100/H200);
 * the speed-ups ``bf16-amp/fp32`` and ``tf32/fp32`` per (model, size): ratios of real tokens/s
-  over the same steps (and of median steps);
+  over the same steps (and of median steps), computed by
+  :func:`padlab.experiments.results.amp_tokens_verdict` (the reader notebook 06 uses);
 * why a small step is far from the peak: for each model at ``--profile-tokens`` (default the
   smallest size and 16k), ``torch.profiler`` over a few steps gives the kernel time per step (every
   kernel, copy and memset) and the kernels launched per step; the GPU-busy fraction is that kernel
   time over the step's wall time (the row's unprofiled median step; the fraction under the
   profiler, a lower bound, is stored beside it);
-* a verdict computed from those numbers (:func:`verdict`): the smallest size at which bf16-amp
-  reaches ``--threshold`` (4x) over fp32, and whether the small steps are launch-bound (GPU busy
+* a verdict computed from those numbers by the same function, stored under ``verdict`` (with
+  chapters 06 and 07's figures beside the sweep's, :func:`padlab.experiments.results.amp_references`)
+  and as one ``summary`` line a model: the smallest size at which bf16-amp reaches
+  ``--threshold`` (4x) over fp32, and whether the small steps are launch-bound (GPU busy
   < ``--busy-below``, 50%, of the wall time).
 
 Strategy ``packed`` (default): rows of ``--max-length`` (512) filled by FFD, one shape every
@@ -156,69 +159,30 @@ def profile_steps(steps: list[dict[str, Any]], policy: str, init_state: dict[str
                             for k, us, c in top[:8]]}
 
 
-# ----------------------------------------------------------------------------- speed-ups and verdict
+# ----------------------------------------------------------------------------- verdict
 
-def speedups(rows: list[dict[str, Any]], base: str = "fp32") -> list[dict[str, Any]]:
-    """Per (model, tokens per step): each policy's real tokens/s over ``base``'s (the same steps,
-    so the ratio of their total step times) and the ratio of median steps; rows with an error are left out."""
-    ok = [r for r in rows if not r.get("error")]
-    out = []
-    for key in dict.fromkeys((r["model"], r["tokens_per_step"]) for r in ok):
-        here = {r["precision"]: r for r in ok if (r["model"], r["tokens_per_step"]) == key}
-        b = here.get(base)
-        entry: dict[str, Any] = {"model": key[0], "tokens_per_step": key[1]}
-        for p, r in here.items():
-            if p == base:
-                continue
-            entry[f"{p}/{base}"] = r["real_tokens_per_s"] / b["real_tokens_per_s"] if b else None
-            entry[f"{p}/{base} median step"] = b["median_step_ms"] / r["median_step_ms"] if b else None
-        out.append(entry)
-    return out
-
-
-def verdict(speedup_rows: list[dict[str, Any]], profiles: list[dict[str, Any]], *, threshold: float = 4.0,
-            busy_below: float = 0.5, amp: str = "bf16-amp", base: str = "fp32") -> dict[str, Any]:
-    """Per model: the speed-up of ``amp`` over ``base`` at each size, the smallest size at which it
-    reaches ``threshold`` (None if none does), and per profiled size whether the ``amp`` step is
-    launch-bound (GPU busy below ``busy_below`` of the wall time; None without a GPU profile)."""
-    key = f"{amp}/{base}"
-    per_model: dict[str, Any] = {}
-    for m in dict.fromkeys(s["model"] for s in speedup_rows):
-        curve = sorted((s["tokens_per_step"], s.get(key)) for s in speedup_rows if s["model"] == m)
-        curve = [(t, x) for t, x in curve if x is not None]
-        crosses = next((t for t, x in curve if x >= threshold), None)
-        busy = {p["tokens_per_step"]: p["gpu_busy_fraction"] for p in profiles
-                if p["model"] == m and p["precision"] == amp and not p.get("error")}
-        per_model[m] = {
-            "speedup": {str(t): x for t, x in curve},
-            "max_speedup": max((x for _, x in curve), default=None),
-            "crosses_threshold_at_tokens": crosses,
-            "gpu_busy_fraction": {str(t): b for t, b in sorted(busy.items())},
-            "launch_bound": {str(t): (None if b is None else b < busy_below) for t, b in sorted(busy.items())},
-        }
-    lines = []
-    for m, v in per_model.items():
-        sp = ", ".join(f"{int(t):,}: {x:.1f}x" for t, x in v["speedup"].items())
-        cross = (f"reaches {threshold:g}x from {v['crosses_threshold_at_tokens']:,} tokens a step"
-                 if v["crosses_threshold_at_tokens"] else f"never reaches {threshold:g}x")
-        lb = [f"{int(t):,} tokens: GPU busy {v['gpu_busy_fraction'][t]:.0%} ({'launch-bound' if b else 'GPU-bound'})"
-              for t, b in v["launch_bound"].items() if b is not None]
-        lines.append(f"{m}: {amp} over {base} {sp}; {cross}" + ("; " + "; ".join(lb) if lb else ""))
-    return {"threshold": threshold, "busy_below": busy_below, "amp": amp, "base": base, "models": per_model,
-            "summary": lines}
-
-
-def chapter_references() -> dict[str, Any]:
+def references() -> tuple[list[dict[str, Any]], str | None]:
     """The figures the sweep reconciles, read from the shipped files (not retyped):
-    :func:`padlab.experiments.results.amp_references`, keyed by chapter, model, policy and layout."""
-    out: dict[str, Any] = {}
+    :func:`padlab.experiments.results.amp_references`, and the error (None) if they cannot be read."""
     try:
-        for r in results.amp_references():
-            where = r["layout"] if r["chapter"] == "06" else f"{r['device']}, {r['layout']}"
-            out[f"{r['chapter']} {r['model']} {r['precision']}/fp32 ({where})"] = r["speedup"]
+        return results.amp_references(), None
     except Exception as e:  # a reference that cannot be read must not cost the run
-        out["error"] = f"{type(e).__name__}: {e}"
-    return out
+        return [], f"{type(e).__name__}: {e}"
+
+
+def summary(verdict: dict[str, Any]) -> list[str]:
+    """One line a model of :func:`padlab.experiments.results.amp_tokens_verdict`'s verdict: the
+    ``amp`` speed-up at each size, where it reaches the threshold, which profiled steps are launch-bound."""
+    amp, base, threshold = verdict["amp"], verdict["base"], verdict["threshold"]
+    lines = []
+    for m, v in verdict["models"].items():
+        sp = ", ".join(f"{t:,}: {x:.1f}x" for t, x in v["speedup"].get(amp, {}).items()) or "not measured"
+        cross = v["crosses_threshold_at_tokens"]
+        lines.append(f"{m}: {amp} over {base} {sp}; "
+                     + (f"reaches {threshold:g}x from {cross:,} tokens a step" if cross else f"never reaches {threshold:g}x")
+                     + "".join(f"; {t:,} tokens: GPU busy {v['profiles'][t][amp]['gpu_busy_fraction']:.0%} "
+                               f"({'launch-bound' if b else 'GPU-bound'})" for t, b in v["launch_bound"].items()))
+    return lines
 
 
 # ----------------------------------------------------------------------------- the run
@@ -337,10 +301,12 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     # MFU of every row against the highest peak sample (and the datasheet's on an H100/H200)
     both = bench.add_peaks({**result, "rows": ok})
     result.update({k: v for k, v in both.items() if k != "rows"})
-    result["speedups"] = speedups(result["rows"])
-    result["verdict"] = verdict(result["speedups"], result["profiles"], threshold=args.threshold,
-                                busy_below=args.busy_below)
-    result["chapter_references"] = chapter_references()
+    refs, refs_error = references()
+    result["verdict"] = results.amp_tokens_verdict(result, references=refs, threshold=args.threshold,
+                                                   busy_below=args.busy_below)
+    if refs_error:
+        result["references_error"] = refs_error
+    result["summary"] = summary(result["verdict"])
     result["seconds"] = time.perf_counter() - _T0
     save()
     return result
@@ -358,10 +324,12 @@ def format_table(result: dict[str, Any]) -> str:
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
         lines.append(f"{r['model']:<10}{r['tokens_per_step']:>7} {r['precision']:<10}{r['median_step_ms']:>10.2f}"
                      f"{r['real_tokens_per_s']:>13,.0f}{r['model_tflops']:>9.2f}{mfu:>7}")
-    lines.append("speed-ups over fp32 (real tokens/s):")
-    for s in result["speedups"]:
-        sp = "  ".join(f"{k} {v:.2f}x" for k, v in s.items() if k.endswith("/fp32") and v is not None)
-        lines.append(f"  {s['model']:<10}{s['tokens_per_step']:>7}  {sp}")
+    v = result["verdict"]
+    lines.append(f"speed-ups over {v['base']} (real tokens/s):")
+    for m, mv in v["models"].items():
+        for t in sorted({t for by in mv["speedup"].values() for t in by}):
+            sp = "  ".join(f"{p}/{v['base']} {by[t]:.2f}x" for p, by in mv["speedup"].items() if t in by)
+            lines.append(f"  {m:<10}{t:>7}  {sp}")
     lines.append("profiles (GPU busy = kernel time / unprofiled median step):")
     for p in result["profiles"]:
         if p.get("error"):
@@ -375,8 +343,9 @@ def format_table(result: dict[str, Any]) -> str:
                      f"  busy {pct(p['gpu_busy_fraction']):>5} ({pct(p['gpu_busy_fraction_under_profiler'])} profiled)"
                      f"  kernels/step {k}")
     lines.append("verdict:")
-    lines += [f"  {s}" for s in result["verdict"]["summary"]]
-    lines += [f"  reference {k}: {v:.2f}x" for k, v in result["chapter_references"].items() if isinstance(v, float)]
+    lines += [f"  {s}" for s in result["summary"]]
+    lines += [f"  reference ch. {r['chapter']} {r['model']} {r['precision']}/{v['base']} ({r['device']}, "
+              f"{r['layout']}): {r['speedup']:.2f}x" for r in v["references"]]
     return "\n".join(lines)
 
 

@@ -536,7 +536,8 @@ def amp_tokens_verdict(result: Mapping[str, Any], *, references: list[Mapping[st
 
     Per model: ``speedup[precision][tokens]``, each policy's real tokens/s over ``base``'s at the
     same size (rows with an error left out; ``skipped`` lists them as (tokens, precision, why));
-    ``mfu[precision][tokens]``; for ``amp``: ``max_speedup``, ``crosses_threshold_at_tokens`` (the
+    ``median_step_speedup[precision][tokens]``: ``base``'s median step over the policy's (where both
+    rows have one); ``mfu[precision][tokens]``; for ``amp``: ``max_speedup``, ``crosses_threshold_at_tokens`` (the
     smallest size reaching ``threshold``, None if none); ``profiles[tokens][precision]``: GPU-busy
     fraction (kernel time / unprofiled step), kernels per step, kernel ms per step;
     ``launch_bound[tokens]``: the ``amp`` step busy below ``busy_below``; ``extra_kernels[tokens]``:
@@ -548,8 +549,8 @@ def amp_tokens_verdict(result: Mapping[str, Any], *, references: list[Mapping[st
         raise fail("result", type(result).__name__, "be an AMP tokens-per-step result with 'rows'")
     models: dict[str, Any] = {}
     for r in result["rows"]:
-        m = models.setdefault(r["model"], {"speedup": {}, "mfu": {}, "skipped": [], "profiles": {},
-                                           "launch_bound": {}, "extra_kernels": {}})
+        m = models.setdefault(r["model"], {"speedup": {}, "median_step_speedup": {}, "mfu": {}, "skipped": [],
+                                           "profiles": {}, "launch_bound": {}, "extra_kernels": {}})
         if r.get("error"):
             m["skipped"].append((int(r["tokens_per_step"]), r["precision"], r["error"]))
     for model, m in models.items():
@@ -561,6 +562,8 @@ def amp_tokens_verdict(result: Mapping[str, Any], *, references: list[Mapping[st
             b = ok.get((t, base))
             if p != base and b is not None:
                 m["speedup"].setdefault(p, {})[int(t)] = r["real_tokens_per_s"] / b["real_tokens_per_s"]
+                if r.get("median_step_ms") and b.get("median_step_ms"):
+                    m["median_step_speedup"].setdefault(p, {})[int(t)] = b["median_step_ms"] / r["median_step_ms"]
         curve = m["speedup"].get(amp, {})
         m["max_speedup"] = max(curve.values(), default=None)
         m["crosses_threshold_at_tokens"] = next((t for t, x in sorted(curve.items()) if x >= threshold), None)
