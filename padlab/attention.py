@@ -6,7 +6,9 @@ which sequence of its row each token belongs to (``0, 1, ...``; ``-1`` on paddin
 ``block_mask``:
 
 * a real token attends to the real tokens of its own sequence only;
-* a padding token attends to itself only (so no softmax row is empty; its output means nothing).
+* a padding token attends to itself only (so no softmax row is empty; its output means nothing);
+* with ``causal=True`` (a decoder) a real token attends to no later token: the document mask inside
+  the causal mask, the rule of ``PackedCollator(causal=True)``.
 
 :func:`document_mask_mod` is that rule as a FlexAttention ``mask_mod`` (the definition).
 :func:`document_block_mask` turns ``seq_ids`` into a :class:`BlockMask` without materialising the
@@ -112,26 +114,31 @@ def document_mask_mod(seq_ids: Tensor, *, causal: bool = False) -> Callable[[Ten
     return mask_mod
 
 
-def document_block_mask_reference(seq_ids: Tensor, block_size: int = 128) -> "BlockMask":
+def document_block_mask_reference(seq_ids: Tensor, block_size: int = 128, *, causal: bool = False) -> "BlockMask":
     """The block mask by evaluating :func:`document_mask_mod` on every (query, key) pair."""
     seq_ids = _check_seq_ids(seq_ids)
     b, n = seq_ids.shape
     block_size = _check_block(block_size, n)
-    return create_block_mask(document_mask_mod(seq_ids), b, None, n, n, device=seq_ids.device,
+    return create_block_mask(document_mask_mod(seq_ids, causal=causal), b, None, n, n, device=seq_ids.device,
                              BLOCK_SIZE=block_size)
 
 
-def document_block_mask(seq_ids: Tensor, block_size: int = 128) -> "BlockMask":
+def document_block_mask(seq_ids: Tensor, block_size: int = 128, *, causal: bool = False) -> "BlockMask":
     """The :class:`BlockMask` of the document rule over ``seq_ids`` ``(B, L)``, tile by tile.
 
     Per tile pair ``(i, j)``, the allowed pairs are ``sum_s n_i(s) n_j(s)`` (``n_i(s)``: tokens of
     sequence ``s`` in query tile ``i``) plus, on the diagonal, one per padding token. Zero: the
     tile is skipped; ``block_size**2``: the tile is full (no mask function); else partial. Any
     layout of ``seq_ids`` works (sequences need not be contiguous); ids must be ``< L``.
+
+    ``causal=True`` (a decoder's packed rows: B = rows, every head, Q = KV = L) keeps the tiles
+    below the diagonal as they are (every key there precedes every query), drops those above it,
+    and makes each diagonal tile partial (its upper triangle is masked; each token sees itself).
     """
     if BlockMask is None:  # pragma: no cover - older torch
         raise RuntimeError(flex_support("cpu").reason)
     seq_ids = _check_seq_ids(seq_ids)
+    causal = check_bool("causal", causal)
     b, n = seq_ids.shape
     block_size = _check_block(block_size, n)
     nb = n // block_size
@@ -146,6 +153,11 @@ def document_block_mask(seq_ids: Tensor, block_size: int = 128) -> "BlockMask":
     allowed = allowed + torch.diag_embed(hist[..., 0])
     full = allowed == block_size * block_size
     partial = (allowed > 0) & ~full
+    if causal:
+        below = torch.ones(nb, nb, dtype=torch.bool, device=dev).tril(-1)
+        diagonal = torch.eye(nb, dtype=torch.bool, device=dev)
+        full = full & below
+        partial = (partial & below) | diagonal
 
     def ordered(dense: Tensor) -> tuple[Tensor, Tensor]:
         d = dense.to(torch.int32)[:, None]  # (B, 1 head, tiles, tiles): the mask is the same for every head
@@ -154,7 +166,7 @@ def document_block_mask(seq_ids: Tensor, block_size: int = 128) -> "BlockMask":
     kv_num, kv_idx = ordered(partial)
     full_num, full_idx = ordered(full)
     return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block_size,
-                                    mask_mod=document_mask_mod(seq_ids), seq_lengths=(n, n))
+                                    mask_mod=document_mask_mod(seq_ids, causal=causal), seq_lengths=(n, n))
 
 
 def dense_document_mask(seq_ids: Tensor, *, causal: bool = False) -> Tensor:

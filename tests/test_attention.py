@@ -79,10 +79,33 @@ def test_dense_rule_is_the_collators_block_mask():
     assert torch.equal(dense_document_mask(b["seq_ids"]), b["block_mask"])
 
 
+def test_causal_block_mask_by_hand():
+    # Causal: tiles above the diagonal are empty; below it as without the rule (every key precedes every
+    # query there); each diagonal tile partial (its upper triangle masked, each token sees itself).
+    #   row 0: (q1,k0) empty (different sequences)  row 1: (q1,k0) full  row 2: (q1,k0) partial
+    for bm in (document_block_mask(SEQ_IDS, 16, causal=True), document_block_mask_reference(SEQ_IDS, 16, causal=True)):
+        assert bm.kv_num_blocks[:, 0].tolist() == [[1, 1], [1, 1], [1, 2]]
+        assert bm.full_kv_num_blocks[:, 0].tolist() == [[0, 0], [0, 1], [0, 0]]
+        assert bm.to_dense()[:, 0].tolist() == [[[1, 0], [0, 1]], [[1, 0], [1, 1]], [[1, 0], [1, 1]]]
+        assert bm.kv_indices[2, 0, 1, :2].tolist() == [0, 1]
+
+
+def test_causal_block_mask_is_the_collators_causal_mask():
+    """Pair for pair, the causal block mask is ``PackedCollator(causal=True)``'s dense mask (a reference
+    built by the collator, not by padlab.attention); the negative control, the mask without the causal
+    rule, lets later keys through."""
+    packs = [[[5, 6, 7], [8] * 20], [[9] * 32], [[4] * 5, [3] * 7, [2] * 3]]
+    b = PackedCollator(32, causal=True)(packs)
+    causal = document_block_mask(b["seq_ids"], 16, causal=True)
+    assert torch.equal(_dense_from_block_mask(causal, b["seq_ids"], causal=True), b["block_mask"])
+    plain = document_block_mask(b["seq_ids"], 16)
+    assert not torch.equal(_dense_from_block_mask(plain, b["seq_ids"]), b["block_mask"])
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.lists(st.integers(1, 40), min_size=1, max_size=6), min_size=1, max_size=4),
-       st.sampled_from([16, 32]), st.booleans())
-def test_fast_builder_equals_reference(rows, block, scatter):
+       st.sampled_from([16, 32]), st.booleans(), st.booleans())
+def test_fast_builder_equals_reference(rows, block, scatter, causal):
     cap = 64
     sid = torch.full((len(rows), cap), -1, dtype=torch.long)
     for r, lens in enumerate(rows):
@@ -93,7 +116,7 @@ def test_fast_builder_equals_reference(rows, block, scatter):
             col += n
     if scatter:  # any layout works, not only contiguous sequences
         sid = sid[:, torch.randperm(cap, generator=torch.Generator().manual_seed(len(rows)))]
-    fast, ref = document_block_mask(sid, block), document_block_mask_reference(sid, block)
+    fast, ref = document_block_mask(sid, block, causal=causal), document_block_mask_reference(sid, block, causal=causal)
     assert torch.equal(fast.kv_num_blocks, ref.kv_num_blocks)
     assert torch.equal(fast.full_kv_num_blocks, ref.full_kv_num_blocks)
     assert torch.equal(fast.to_dense(), ref.to_dense())
@@ -103,14 +126,14 @@ def test_fast_builder_equals_reference(rows, block, scatter):
             k = int(n[idx])
             assert f[idx][:k].tolist() == r[idx][:k].tolist()
     # the block mask allows exactly the dense rule, pair for pair
-    assert torch.equal(dense_document_mask(sid), _dense_from_block_mask(fast, sid))
+    assert torch.equal(dense_document_mask(sid, causal=causal), _dense_from_block_mask(fast, sid, causal=causal))
 
 
-def _dense_from_block_mask(bm, sid) -> torch.Tensor:
+def _dense_from_block_mask(bm, sid, causal=False) -> torch.Tensor:
     """Pairs the block mask lets through: tiles it lists, with the mask function inside partial tiles."""
     b, n = sid.shape
     tiles = bm.to_dense()[:, 0].repeat_interleave(bm.BLOCK_SIZE[0], 1).repeat_interleave(bm.BLOCK_SIZE[1], 2)
-    return tiles.bool() & dense_document_mask(sid)
+    return tiles.bool() & dense_document_mask(sid, causal=causal)
 
 
 # ------------------------------------------------------------------------------- the forward
@@ -199,6 +222,11 @@ def test_bad_seq_ids():
         document_block_mask(torch.zeros(32, dtype=torch.long), 16)
     with pytest.raises(PadlabError, match="seq_ids"):
         document_mask_mod([[0, 0]])
+
+
+def test_bad_causal():
+    with pytest.raises(PadlabError, match="^causal must"):
+        document_block_mask(SEQ_IDS, 16, causal="yes")
 
 
 def test_bad_block_size():
