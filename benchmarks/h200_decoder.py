@@ -11,6 +11,12 @@ optimizer (AdamW, fused) and compile setting, with about ``--max-tokens`` real t
   restarted positions, ``use_cache=False``) under each attention implementation that passed the oracle;
   ``packed-mask (sdpa)``: :class:`padlab.packing.PackedCollator` ``(causal=True)`` rows with their
   causal document mask as an additive 4-D mask;
+* ``packed-flex (flex_attention)``: the same packs, rows of exactly ``--max-length`` and exactly as many
+  rows every step (all-padding rows appended where a step has fewer packs), with the causal document
+  ``BlockMask`` (:func:`padlab.attention.document_block_mask` ``(seq_ids, causal=True)``: rows x every head
+  x ``--max-length``\ :sup:`2`) built from the collator's ``seq_ids`` on the device at each step: one shape for
+  the whole run, so FlexAttention compiles once (the padding-free rows change their length every step and
+  recompile). Only with ``flex_attention`` in ``--attn`` and its oracle passed; ``--max-length`` a multiple of 128;
 * ``hf-length-grouped``: transformers' ``LengthGroupedSampler`` with ``DataCollatorForSeq2Seq``
   (dynamic padding of ids and labels);
 * ``hf-flattening (<attn>)``: ``DataCollatorWithFlattening`` (padding-free) with ``use_cache=False``
@@ -20,13 +26,14 @@ optimizer (AdamW, fused) and compile setting, with about ``--max-tokens`` real t
 Each row reports real (prompt + response) and target (response) tokens per second, the padded
 fraction of computed slots, model TFLOP/s and MFU against two denominators (a measured bf16 matmul
 peak, :func:`padlab.experiments.bench.matmul_peak_tflops`, and ``--peak-tflops``, the datasheet
-figure), the loss curve and the seconds to ``--target-loss``, and peak memory. Then batched greedy
+figure), the loss curve and the seconds to ``--target-loss`` (6.6 suits the 110m model: every row's first
+logged loss is above 7), and peak memory. Then batched greedy
 generation (:func:`padlab.generate.greedy_generate`, KV cache) at a few batch sizes, prompts sorted
 by length against the caller's order. The JSON holds the device, torch and transformers versions,
 the date and the command. Model FLOPs per step: ``6 * params * real tokens`` plus causal attention,
 ``6 * layers * hidden * sum(len^2)`` (``sum(len^2)`` over the attention spans each row computes).
 
-    python benchmarks/h200_decoder.py --compile both --peak-tflops 989.4 \
+    python benchmarks/h200_decoder.py --compile both --peak-tflops 989.4 --target-loss 6.6 \
         --out data/benchmarks/h200_decoder.json --png data/benchmarks/h200_decoder.png \
         2>&1 | tee data/benchmarks/h200_decoder.log                                  # on the H200
     python benchmarks/h200_decoder.py --quick                                         # CPU, seconds
@@ -45,6 +52,7 @@ import numpy as np
 import torch
 
 from padlab import data, strategies
+from padlab.attention import document_block_mask
 from padlab.env import resolve_device
 from padlab.experiments.bench import matmul_peak_tflops, sync
 from padlab.experiments.results import save_result
@@ -87,8 +95,50 @@ def hf_tokenizer():
                                    cls_token="[CLS]", sep_token="[SEP]", unk_token="[UNK]", mask_token="[MASK]")
 
 
+# The packed-flex row's BlockMask tiles: torch's default kernel tiles (128) need no kernel_options.
+FLEX_BLOCK = 128
+
+
+def flex_batch(batch: dict, rows: int, pad_id: int = data.PAD_ID, ignore_index: int = -100) -> dict:
+    """A ``PackedCollator(causal=True)`` batch as the packed-flex row trains on it: ``input_ids``, ``labels``,
+    ``position_ids`` and ``seq_ids``, with all-padding rows appended up to ``rows`` (labels ``ignore_index``,
+    ``seq_ids`` -1: they add no target and attend to themselves only), so every step has one shape."""
+    out = {k: batch[k] for k in ("input_ids", "labels", "position_ids", "seq_ids")}
+    extra = rows - out["input_ids"].shape[0]
+    if extra > 0:
+        fill = {"input_ids": pad_id, "labels": ignore_index, "position_ids": 0, "seq_ids": -1}
+        out = {k: torch.cat([v, v.new_full((extra, v.shape[1]), fill[k])]) for k, v in out.items()}
+    return out
+
+
+def packed_batches(collator: PackedCollator, packs: list, rows: int) -> tuple[dict, dict]:
+    """One step's packs as the ``packed-mask (sdpa)`` batch (the causal document mask additive, 4-D) and as
+    the ``packed-flex (flex_attention)`` batch (:func:`flex_batch`: ``seq_ids``, ``rows`` rows)."""
+    b = collator(packs)
+    mask_b = {"input_ids": b["input_ids"], "labels": b["labels"], "position_ids": b["position_ids"],
+              "attention_mask": additive_mask(b["block_mask"])}
+    return mask_b, flex_batch(b, rows, collator.pad_id, collator.ignore_index)
+
+
+def flex_loss(model, batch, *, num_items_in_batch=None):
+    """:func:`padlab.train.causal_lm_loss` under the causal document ``BlockMask`` of ``batch["seq_ids"]``.
+
+    Built here, on the batch's device, at every step (a few small kernels, no host sync; inside the
+    row's timing): a ``BlockMask``'s ``mask_mod`` reads ``seq_ids`` from its closure, which
+    ``BlockMask.to(device)`` does not move, so a mask built on the CPU cannot be shipped to the GPU."""
+    mask = document_block_mask(batch["seq_ids"], FLEX_BLOCK, causal=True)
+    return causal_lm_loss(model, {**batch, "attention_mask": mask}, num_items_in_batch=num_items_in_batch)
+
+
 def model_flops(n_params: int, cfg, real_tokens: int, sum_sq: int) -> float:
     return 6.0 * n_params * real_tokens + 6.0 * cfg.num_hidden_layers * cfg.hidden_size * sum_sq
+
+
+def row_names(impls) -> list[str]:
+    """The rows :func:`plan_rows` plans, in its order, when the oracle passed for ``impls``."""
+    return (["fixed", "dynamic", "bucketed", "token-budget"] + [f"packed ({i})" for i in impls]
+            + ["packed-mask (sdpa)"] + (["packed-flex (flex_attention)"] if "flex_attention" in impls else [])
+            + ["hf-length-grouped"] + [f"hf-flattening ({i})" for i in impls])
 
 
 def plan_rows(pairs, args, impls):
@@ -116,8 +166,9 @@ def plan_rows(pairs, args, impls):
         coll = PaddingCollator(padding="max_length" if name == "fixed" else "longest", max_length=args.max_length)
         rows.append((name, [padded(coll(examples(idx))) for idx in p.batches[:n]]))
 
+    pack_rows = max(1, args.max_tokens // args.max_length)
     p = strategies.plan("packed", lengths, batch_size=bs, max_length=args.max_length, seed=args.seed,
-                        rows=max(1, args.max_tokens // args.max_length))
+                        rows=pack_rows)
     packs = p.batches[:n]
     flat = PaddingFreeCollator(packed=True, capacity=args.max_length)
     flat_steps = []
@@ -128,15 +179,16 @@ def plan_rows(pairs, args, impls):
     for impl in impls:
         rows.append((f"packed ({impl})", flat_steps))
     mask_coll = PackedCollator(args.max_length, causal=True)
-    mask_steps = []
+    mask_steps, flex_steps = [], []
     for step in packs:
-        b = mask_coll([examples(idx) for idx in step])
-        additive = additive_mask(b["block_mask"])
+        mask_b, flex_b = packed_batches(mask_coll, [examples(idx) for idx in step], pack_rows)
         lens = lengths[np.concatenate(step)]
-        mask_steps.append(({"input_ids": b["input_ids"], "labels": b["labels"], "position_ids": b["position_ids"],
-                            "attention_mask": additive}, int(lens.sum()), b["input_ids"].numel(),
-                           int((lens.astype(np.int64) ** 2).sum())))
+        real, sq = int(lens.sum()), int((lens.astype(np.int64) ** 2).sum())
+        mask_steps.append((mask_b, real, mask_b["input_ids"].numel(), sq))
+        flex_steps.append((flex_b, real, flex_b["input_ids"].numel(), sq))
     rows.append(("packed-mask (sdpa)", mask_steps))
+    if "flex_attention" in impls:
+        rows.append(("packed-flex (flex_attention)", flex_steps))
 
     # The transformers recipe: its length-grouped sampler and collators, same batch size.
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
@@ -160,6 +212,7 @@ def plan_rows(pairs, args, impls):
                          int((lens.astype(np.int64) ** 2).sum())))
     for impl in impls:
         rows.append((f"hf-flattening ({impl})", fl_steps))
+    assert [name for name, _ in rows] == row_names(impls)
     return rows, bs
 
 
@@ -170,16 +223,17 @@ def run_row(name, steps, init, args, dev, peaks, compiled):
     factory = (lambda ps: torch.optim.AdamW(ps, lr=args.lr, fused=True))
     prep = prepare(model, factory, args.policy, dev)
     m = torch.compile(prep.model, dynamic=True) if compiled else prep.model
+    loss_fn = flex_loss if name.startswith("packed-flex") else causal_lm_loss
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     losses = []
     for i, (b, *_rest) in enumerate(steps[:args.warmup]):
-        train_step(m, b, prep.optimizer, prep.policy, prep.scaler, causal_lm_loss, measure=False, step=i)
+        train_step(m, b, prep.optimizer, prep.policy, prep.scaler, loss_fn, measure=False, step=i)
     sync(dev)
     t0 = time.perf_counter()
     stamps = []
     for i, (b, *_rest) in enumerate(steps[args.warmup:]):
-        rec = train_step(m, b, prep.optimizer, prep.policy, prep.scaler, causal_lm_loss, measure=False, step=i)
+        rec = train_step(m, b, prep.optimizer, prep.policy, prep.scaler, loss_fn, measure=False, step=i)
         losses.append(rec.loss_tensor)
         if args.curve_every and i % args.curve_every == 0:
             sync(dev)
@@ -279,7 +333,9 @@ def main(argv=None) -> dict:
                     help="torch.compile every row's model: off, on, or both (every row eager, then compiled)")
     ap.add_argument("--attn", default=None, help="comma-separated attention implementations for the padding-free "
                                                  "rows (default sdpa,flex_attention; sdpa with --quick)")
-    ap.add_argument("--target-loss", type=float, default=None, help="report the seconds each row takes to reach it")
+    ap.add_argument("--target-loss", type=float, default=None,
+                    help="report the seconds each row takes to reach it (6.6 for the 110m model: every row's first "
+                         "logged loss is above 7, so 7.5 is reached at once); default none")
     ap.add_argument("--curve-every", type=int, default=5, help="loss-curve point every N timed steps (a sync)")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="datasheet dense bf16 peak for the second MFU (H200 SXM: 989.4); none by default")
@@ -295,6 +351,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--time-limit", type=float, default=None,
                     help="seconds after which the remaining training rows are recorded as skipped (the run still "
                          "writes its JSON and PNG); default none")
+    ap.add_argument("--rows", default=None,
+                    help="comma-separated row names to run, as the table names them (default: every planned row), "
+                         "e.g. 'packed-flex (flex_attention),packed-mask (sdpa),hf-length-grouped'")
     ap.add_argument("--out", default=None, help="write the JSON here (default: print it)")
     ap.add_argument("--png", default=None, help="draw real tokens/s relative to fixed padding, per row, here")
     args = ap.parse_args(argv)
@@ -311,6 +370,10 @@ def main(argv=None) -> dict:
     args.curve_every = 1 if q else args.curve_every
     args.examples = args.examples or (2000 if q else None)
     impls_wanted = (args.attn or ("sdpa" if q else "sdpa,flex_attention")).split(",")
+    wanted = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    if wanted and set(wanted) - set(row_names(impls_wanted)):
+        ap.error(f"--rows {sorted(set(wanted) - set(row_names(impls_wanted)))} are not rows of this run; "
+                 f"its rows: {row_names(impls_wanted)}")
     dev = resolve_device(args.device)
     import transformers
     transformers.logging.set_verbosity_error()
@@ -348,6 +411,9 @@ def main(argv=None) -> dict:
 
     peaks = {"measured": matmul_peak_tflops(dev) if dev.type == "cuda" else None, "datasheet": args.peak_tflops}
     rows_plan, bs = plan_rows(pairs, args, impls)
+    unplanned = [name for name in wanted if name not in {n for n, _ in rows_plan}] if wanted else []
+    if wanted:
+        rows_plan = [r for r in rows_plan if r[0] in wanted]
     log(f"planned and collated {len(rows_plan)} rows, {args.warmup + args.steps} steps each, batch size {bs}")
     result = {
         "name": "decoder", "work": "decoder-sft",
@@ -356,7 +422,7 @@ def main(argv=None) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python"] + sys.argv) if argv is None else "h200_decoder.main(" + repr(argv) + ")",
         "config": {"model": args.model, "parameters": args.n_params, "policy": args.policy, "optimizer": "AdamW(fused)",
-                   "compile": args.compile, "max_tokens": args.max_tokens, "max_length": args.max_length,
+                   "compile": args.compile, "rows": wanted, "max_tokens": args.max_tokens, "max_length": args.max_length,
                    "batch_size": bs, "examples": args.examples or len(pairs), "steps": args.steps,
                    "warmup": args.warmup, "lr": args.lr, "seed": args.seed,
                    "data": "wordnet-define (completion-only labels)", "use_cache": False,
@@ -364,6 +430,10 @@ def main(argv=None) -> dict:
         "oracle": oracle, "rows": [], "generation": [], "complete": False,
     }
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
+    for name in unplanned:     # asked for by --rows, left out by its oracle
+        log(f"{name}: not run (the oracle of its attention implementation failed here)")
+        result["rows"] += [{"strategy": name, "compiled": c, "error": "not run: its attention implementation's "
+                            "oracle failed on this model and device"} for c in modes]
     # Generation first: it is short, and a run cut by --time-limit still reports it.
     result["generation"] = generation_rows(init, pairs, args, dev)
     # One untimed row first: the process's one-time costs (allocator, kernels' first launch) land on no row.
@@ -371,7 +441,7 @@ def main(argv=None) -> dict:
     run_row(rows_plan[0][0], rows_plan[0][1][:args.warmup + 1], init, args, dev, peaks, False)
     # Compiled rows spend their warm-up compiling: the likely fastest go first, so that a --time-limit cuts the
     # slow padded rows, not the comparison's two sides.
-    first = ("packed (flex_attention)", "hf-flattening (flex_attention)", "packed-mask (sdpa)", "token-budget",
+    first = ("packed-flex (flex_attention)", "packed (flex_attention)", "hf-flattening (flex_attention)", "packed-mask (sdpa)", "token-budget",
              "hf-length-grouped", "packed (sdpa)", "hf-flattening (sdpa)", "bucketed", "dynamic", "fixed")
     for compiled in modes:
         order = (sorted(rows_plan, key=lambda r: first.index(r[0]) if r[0] in first else len(first))

@@ -1,9 +1,15 @@
 """benchmarks/h200_decoder.py --quick: every row of the decoder benchmark runs on the CPU (a smoke test:
-the numbers are not checked, the rows, the oracle gate and the JSON's provenance are)."""
+the numbers are not checked, the rows, the oracle gate and the JSON's provenance are). The packed-flex
+row's batch and loss (FlexAttention under transformers, forward only: no CPU backward) are held equal,
+token for token, to the packed-mask (sdpa) row's on the same packs, in a subprocess (compiled on the CPU)."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -33,3 +39,64 @@ def test_quick_run_has_every_row(tmp_path):
     assert all("error" not in r and r["real_tokens_per_s"] > 0 for r in result["rows"])
     assert [(g["batch_size"], g["order"]) for g in result["generation"]] == [(1, "sorted"), (2, "sorted"), (2, "random")]
     assert result["padlab_over_best_hf"] > 0
+
+
+FLEX_ROW = textwrap.dedent("""
+    import importlib.util, json, sys
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask
+    from padlab import data
+    from padlab.attention import document_block_mask
+    from padlab.packing import PackedCollator
+    from padlab.train import causal_lm_loss
+
+    spec = importlib.util.spec_from_file_location("h200_decoder", sys.argv[1])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    pairs = data.load_instructions("wordnet-define")
+    # Two packs of real pairs (completion-only labels) in rows of 128, a step of three rows: the third is
+    # the all-padding row the packed-flex batch appends to keep its shape.
+    packs = [[pairs[i] for i in (3, 4000, 50000)], [pairs[i] for i in (90000, 7, 61000, 12345)]]
+    mask_b, flex_b = mod.packed_batches(PackedCollator(128, causal=True), packs, 3)
+    model = mod.build_model("tiny", 128, 0, "sdpa").eval()
+
+    def per_token(batch, mask):
+        out = model(batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False)
+        labels = batch["labels"][:, 1:].flatten()
+        keep = labels != -100
+        return torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1).float()[keep], labels[keep],
+                                                 reduction="none")
+
+    with torch.no_grad():
+        sdpa = per_token(mask_b, mask_b["attention_mask"])
+        sdpa_loss = causal_lm_loss(model, mask_b)
+        model.set_attn_implementation("flex_attention")
+        flex = per_token(flex_b, document_block_mask(flex_b["seq_ids"], mod.FLEX_BLOCK, causal=True))
+        flex_loss = mod.flex_loss(model, flex_b)
+        impl = model.config._attn_implementation
+        # negative control: the causal mask without the document rule (packed sequences see each other)
+        causal_only = create_block_mask(lambda b, h, q, kv: q >= kv, 3, None, 128, 128, device="cpu")
+        control = per_token(flex_b, causal_only)
+    print(json.dumps({"rows": list(mask_b["input_ids"].shape) + list(flex_b["input_ids"].shape),
+                      "targets": [len(sdpa), len(flex)], "diff": float((flex - sdpa).abs().max()),
+                      "loss": [float(sdpa_loss), float(flex_loss)], "impl": impl,
+                      "control_diff": float((control - sdpa).abs().max())}))
+""")
+
+
+@pytest.mark.slow   # FlexAttention compiles on the CPU (tens of seconds)
+def test_packed_flex_batch_equals_packed_mask_batch():
+    if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
+        pytest.skip("this torch has no flex_attention")
+    root = str(SCRIPT.parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    p = subprocess.run([sys.executable, "-c", FLEX_ROW, str(SCRIPT)], capture_output=True, text=True, timeout=600,
+                       env=env, cwd=root)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["impl"] == "flex_attention"
+    assert r["rows"] == [2, 128, 3, 128]   # the flex batch has its padding row, same width
+    assert r["targets"][0] == r["targets"][1] > 0
+    assert r["diff"] <= 1e-5
+    assert abs(r["loss"][0] - r["loss"][1]) <= 1e-5
+    assert r["control_diff"] > 1e-3         # without the document rule the losses differ
