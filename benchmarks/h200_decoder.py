@@ -29,9 +29,9 @@ fraction of computed slots, model TFLOP/s and MFU against two denominators (a me
 peak, :func:`padlab.experiments.bench.matmul_peak_tflops`, and ``--peak-tflops``, the datasheet
 figure), the loss curve and the seconds to ``--target-loss``, and peak memory (use ``--target-loss 6.6``
 for the 110m model: on the H200 its rows' first logged losses were 7.0-7.3 and their last 6.1-6.6, so
-7.5 is met at the first point). Then batched greedy generation (:func:`padlab.generate.greedy_generate`, KV cache) at a few batch sizes, prompts sorted
-by length against the caller's order. The JSON holds the device, torch and transformers versions,
-the date and the command. Model FLOPs per step: ``6 * params * real tokens`` plus causal attention,
+7.5 is met at the first point). Then batched greedy generation (:func:`padlab.generate.greedy_generate`,
+KV cache) at a few batch sizes, prompts sorted by length against the caller's order. The JSON holds
+the device, torch and transformers versions, the date and the command. Model FLOPs per step: ``6 * params * real tokens`` plus causal attention,
 ``6 * layers * hidden * sum(len^2)`` (``sum(len^2)`` over the attention spans each row computes).
 
     python benchmarks/h200_decoder.py --compile both --peak-tflops 989.4 --target-loss 6.6 \
@@ -425,7 +425,8 @@ def main(argv=None) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python"] + sys.argv) if argv is None else "h200_decoder.main(" + repr(argv) + ")",
         "config": {"model": args.model, "parameters": args.n_params, "policy": args.policy, "optimizer": "AdamW(fused)",
-                   "compile": args.compile, "rows": wanted, "max_tokens": args.max_tokens, "max_length": args.max_length,
+                   "compile": args.compile, "rows": wanted, "max_tokens": args.max_tokens,
+                   "max_length": args.max_length,
                    "batch_size": bs, "examples": args.examples or len(pairs), "steps": args.steps,
                    "warmup": args.warmup, "lr": args.lr, "seed": args.seed,
                    "data": "wordnet-define (completion-only labels)", "use_cache": False,
@@ -444,7 +445,8 @@ def main(argv=None) -> dict:
     run_row(rows_plan[0][0], rows_plan[0][1][:args.warmup + 1], init, args, dev, peaks, False)
     # Compiled rows spend their warm-up compiling: the likely fastest go first, so that a --time-limit cuts the
     # slow padded rows, not the comparison's two sides.
-    first = ("packed-flex (flex_attention)", "packed (flex_attention)", "hf-flattening (flex_attention)", "packed-mask (sdpa)", "token-budget",
+    first = ("packed-flex (flex_attention)", "packed (flex_attention)", "hf-flattening (flex_attention)",
+             "packed-mask (sdpa)", "token-budget",
              "hf-length-grouped", "packed (sdpa)", "hf-flattening (sdpa)", "bucketed", "dynamic", "fixed")
     for compiled in modes:
         order = (sorted(rows_plan, key=lambda r: first.index(r[0]) if r[0] in first else len(first))

@@ -56,8 +56,8 @@ def test_rows_names_checked_before_any_work(capsys):
 def test_rows_run_in_the_given_order(tmp_path):
     out = tmp_path / "decoder.json"
     load_script().main(["--quick", "--examples", "300", "--steps", "1", "--warmup", "0", "--gen-prompts", "2",
-                        "--gen-batch-sizes", "1", "--gen-new-tokens", "1", "--rows", "hf-length-grouped,packed-mask (sdpa)",
-                        "--out", str(out)])
+                        "--gen-batch-sizes", "1", "--gen-new-tokens", "1",
+                        "--rows", "hf-length-grouped,packed-mask (sdpa)", "--out", str(out)])
     result = json.loads(out.read_text())
     assert [r["strategy"] for r in result["rows"]] == ["hf-length-grouped", "packed-mask (sdpa)"]
     assert result["config"]["rows"] == ["hf-length-grouped", "packed-mask (sdpa)"]
