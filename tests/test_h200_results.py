@@ -240,3 +240,10 @@ def test_shipped_files_load_and_their_verdicts_follow_the_raw_rows():
                 and r["precision"] == "fp32")
     assert curves["bert-base"]["bf16-pure"][256] == pytest.approx(row["real_tokens_per_s"] / base["real_tokens_per_s"])
     assert np.isfinite(list(curves["small"]["fp16-pure"].values())).all()
+
+
+@pytest.mark.parametrize("loader", ["load_inference", "load_memory", "load_amp_tokens", "load_decoder"])
+@pytest.mark.parametrize("bad", [None, 3, "h100", "no/such/file.json"])
+def test_every_h200_loader_names_a_bad_path(loader, bad):
+    with pytest.raises(PadlabError, match="path must name an existing"):
+        getattr(results, loader)(bad)

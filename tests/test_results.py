@@ -302,5 +302,5 @@ def test_decoder_bad_input(call, match):
 def test_load_decoder_refuses_another_result(tmp_path):
     p = tmp_path / "x.json"
     p.write_text(json.dumps({"device": "d", "accuracy_rows": []}))
-    with pytest.raises(ValueError, match="path must hold a decoder result"):
+    with pytest.raises(ValueError, match="path must hold an object with .rows., .config."):
         results.load_decoder(p)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -301,22 +302,28 @@ def speed_table(result: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- inference results
 
+def _load_shipped(path: Any, shipped: str, keys: tuple[str, ...], what: str) -> dict[str, Any]:
+    """One reader for the H200 result files: ``path``, or ``"h200"`` for the shipped ``shipped``;
+    ``"nan"``/``"inf"`` strings become floats; an object holding ``keys`` or a clear error."""
+    from ..data import data_dir
+
+    if path == "h200":
+        path = data_dir() / "benchmarks" / shipped
+    if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
+        raise fail("path", str(path) if isinstance(path, os.PathLike) else path,
+                   f"name an existing {what} JSON file or 'h200'")
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or not all(k in data for k in keys):
+        raise fail("path", str(path), f"hold an object with {', '.join(map(repr, keys))}")
+    return _unjson(data)
+
+
 def load_inference(path: Any) -> dict[str, Any]:
     """Read a ``benchmarks/h200_inference.py`` JSON file (``"nan"``/``"inf"`` strings become floats).
 
     ``path`` may also be ``"h200"``: the shipped ``data/benchmarks/h200_inference.json``.
     """
-    from ..data import data_dir
-
-    if path == "h200":
-        path = data_dir() / "benchmarks" / "h200_inference.json"
-    p = Path(path)
-    if not p.is_file():
-        raise fail("path", str(path), "name an existing inference JSON file or 'h200'")
-    data = json.loads(p.read_text())
-    if not isinstance(data, dict) or "accuracy_rows" not in data or "speed_rows" not in data:
-        raise fail("path", str(path), "hold an object with 'accuracy_rows' and 'speed_rows'")
-    return _unjson(data)
+    return _load_shipped(path, "h200_inference.json", ("accuracy_rows", "speed_rows"), "inference")
 
 
 def _ok(r: Mapping[str, Any]) -> bool:
@@ -394,20 +401,6 @@ def inference_speedups(verdict: Mapping[str, Any]) -> dict[str, dict[str, dict[i
 
 
 # --------------------------------------------------------------------------- memory budget results
-
-def _load_shipped(path: Any, shipped: str, keys: tuple[str, ...], what: str) -> dict[str, Any]:
-    from ..data import data_dir
-
-    if path == "h200":
-        path = data_dir() / "benchmarks" / shipped
-    p = Path(path)
-    if not p.is_file():
-        raise fail("path", str(path), f"name an existing {what} JSON file or 'h200'")
-    data = json.loads(p.read_text())
-    if not isinstance(data, dict) or not all(k in data for k in keys):
-        raise fail("path", str(path), f"hold an object with {', '.join(map(repr, keys))}")
-    return _unjson(data)
-
 
 def load_memory(path: Any) -> dict[str, Any]:
     """Read a ``benchmarks/h200_memory.py`` JSON file; ``"h200"``: the shipped ``h200_memory.json``."""
@@ -599,20 +592,13 @@ DECODER = {"h200": "h200_decoder.json"}
 def load_decoder(path: Any = "h200") -> dict[str, Any]:
     """Read a ``benchmarks/h200_decoder.py`` JSON file and add :func:`decoder_summary`'s keys to it.
 
-    ``path`` may be a key of :data:`DECODER` (``"h200"``: the shipped ``data/benchmarks/h200_decoder.json``).
+    ``path`` may be ``"h200"`` (:data:`DECODER`: the shipped ``data/benchmarks/h200_decoder.json``).
     The stored keys are returned as written; ``table``, ``comparison`` and ``generation_by_order`` are
     computed from the rows (the stored ``best_padlab``/``padlab_over_best_hf`` are the script's own).
     """
-    from ..data import data_dir
-
-    if isinstance(path, str) and path in DECODER:
-        path = data_dir() / "benchmarks" / DECODER[path]
-    p = Path(path)
-    if not p.is_file():
-        raise fail("path", str(path), f"name an existing decoder JSON file or one of {tuple(DECODER)}")
-    data = _unjson(json.loads(p.read_text()))
-    if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or "config" not in data:
-        raise fail("path", str(path), "hold a decoder result (an object with 'config' and 'rows')")
+    data = _load_shipped(path, DECODER["h200"], ("rows", "config"), "decoder")
+    if not isinstance(data["rows"], list):
+        raise fail("path", str(path), "hold a decoder result (its 'rows' a list)")
     return {**data, **decoder_summary(data)}
 
 
