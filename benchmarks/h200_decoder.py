@@ -132,6 +132,12 @@ def flex_loss(model, batch, *, num_items_in_batch=None):
     return causal_lm_loss(model, {**batch, "attention_mask": mask}, num_items_in_batch=num_items_in_batch)
 
 
+def _graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (its ``unique_graphs`` counter)."""
+    from torch._dynamo.utils import counters
+    return int(counters["stats"]["unique_graphs"])
+
+
 def model_flops(n_params: int, cfg, real_tokens: int, sum_sq: int) -> float:
     return 6.0 * n_params * real_tokens + 6.0 * cfg.num_hidden_layers * cfg.hidden_size * sum_sq
 
@@ -224,14 +230,20 @@ def run_row(name, steps, init, args, dev, peaks, compiled):
     model.set_attn_implementation(impl)
     factory = (lambda ps: torch.optim.AdamW(ps, lr=args.lr, fused=True))
     prep = prepare(model, factory, args.policy, dev)
-    m = torch.compile(prep.model, dynamic=True) if compiled else prep.model
+    # torch's default (dynamic=None): a row of one shape compiles once, static; a row whose shapes change
+    # recompiles once with those sizes symbolic. The same setting for every row.
+    m = torch.compile(prep.model) if compiled else prep.model
     loss_fn = flex_loss if name.startswith("packed-flex") else causal_lm_loss
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     losses = []
+    graphs0 = _graphs()
+    w0 = time.perf_counter()
     for i, (b, *_rest) in enumerate(steps[:args.warmup]):
         train_step(m, b, prep.optimizer, prep.policy, prep.scaler, loss_fn, measure=False, step=i)
     sync(dev)
+    warmup_seconds = time.perf_counter() - w0
+    graphs_warm = _graphs()
     t0 = time.perf_counter()
     stamps = []
     for i, (b, *_rest) in enumerate(steps[args.warmup:]):
@@ -242,6 +254,8 @@ def run_row(name, steps, init, args, dev, peaks, compiled):
             stamps.append((i, time.perf_counter() - t0))
     sync(dev)
     seconds = time.perf_counter() - t0
+    # A graph compiled during the timed steps (a shape the warm-up did not meet) is inside this row's time.
+    graphs_timed = _graphs() - graphs_warm
     timed = steps[args.warmup:]
     real = sum(s[1] for s in timed)
     slots = sum(s[2] for s in timed)
@@ -260,9 +274,14 @@ def run_row(name, steps, init, args, dev, peaks, compiled):
         "loss_first": loss[0], "loss_last": float(np.mean(loss[-5:])),
         "loss_curve": [(t, loss[i]) for i, t in stamps], "seconds_to_target_loss": reach,
         "real_tokens_per_step": real / len(timed),
+        # The warm-up's seconds include compiling (torch.compile, and FlexAttention's own compile eager too),
+        # from the run's compile caches where an earlier process on the machine filled them.
+        "warmup_seconds": warmup_seconds, "graphs_compiled_in_warmup": graphs_warm - graphs0,
+        "graphs_compiled_in_timed_steps": graphs_timed,
     }
     log(f"{name + (' [compiled]' if compiled else ''):<37}{row['real_tokens_per_s']:>12,.0f} real tok/s  padded {row['padded_fraction']:6.1%}  "
-        f"loss {row['loss_first']:.3f} -> {row['loss_last']:.3f}")
+        f"loss {row['loss_first']:.3f} -> {row['loss_last']:.3f}  warm-up {warmup_seconds:.0f} s, "
+        f"{graphs_warm - graphs0} graphs (+{graphs_timed} timed)")
     return row
 
 
@@ -343,7 +362,8 @@ def main(argv=None) -> dict:
                     help="datasheet dense bf16 peak for the second MFU (H200 SXM: 989.4); none by default")
     ap.add_argument("--gen-prompts", type=int, default=None, help="prompts generated for (default 128; 16 quick)")
     ap.add_argument("--gen-new-tokens", type=int, default=None, help="new tokens a prompt (default 32; 4 quick)")
-    ap.add_argument("--gen-batch-sizes", default=None, help="comma-separated (default 1,16,64,128; 1,8 quick)")
+    ap.add_argument("--gen-batch-sizes", default=None, help="comma-separated (default 1,16,64,128; 1,8 quick); "
+                                                            "'none': no generation rows")
     ap.add_argument("--examples", type=int, default=None, help="sample this many pairs (default all; 2000 quick)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--oracle-earlier", default=None,
@@ -369,7 +389,8 @@ def main(argv=None) -> dict:
     args.warmup = args.warmup if args.warmup is not None else (1 if q else 10)
     args.gen_prompts = args.gen_prompts or (16 if q else 128)
     args.gen_new_tokens = args.gen_new_tokens or (4 if q else 32)
-    args.gen_batch_sizes = [int(x) for x in (args.gen_batch_sizes or ("1,8" if q else "1,16,64,128")).split(",")]
+    gbs = args.gen_batch_sizes or ("1,8" if q else "1,16,64,128")
+    args.gen_batch_sizes = [] if gbs == "none" else [int(x) for x in gbs.split(",")]
     args.curve_every = 1 if q else args.curve_every
     args.examples = args.examples or (2000 if q else None)
     impls_wanted = (args.attn or ("sdpa" if q else "sdpa,flex_attention")).split(",")
@@ -434,12 +455,16 @@ def main(argv=None) -> dict:
         "oracle": oracle, "rows": [], "generation": [], "complete": False,
     }
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
+    if True in modes:
+        # Every compiled row compiles the same model code again (a new model, another batch layout): past
+        # dynamo's default of 8 entries per function it would run those functions eagerly, unseen.
+        torch._dynamo.config.recompile_limit = 64
     for name in unplanned:     # asked for by --rows, left out by its oracle
         log(f"{name}: not run (the oracle of its attention implementation failed here)")
         result["rows"] += [{"strategy": name, "compiled": c, "error": "not run: its attention implementation's "
                             "oracle failed on this model and device"} for c in modes]
     # Generation first: it is short, and a run cut by --time-limit still reports it.
-    result["generation"] = generation_rows(init, pairs, args, dev)
+    result["generation"] = generation_rows(init, pairs, args, dev) if args.gen_batch_sizes else []
     # One untimed row first: the process's one-time costs (allocator, kernels' first launch) land on no row.
     log("warm-up row (not recorded):")
     run_row(rows_plan[0][0], rows_plan[0][1][:args.warmup + 1], init, args, dev, peaks, False)
