@@ -377,6 +377,9 @@ def main(argv=None) -> dict:
                     help="comma-separated row names to run, in this order (eager and compiled), as the table "
                          "names them, e.g. 'packed-mask (sdpa),hf-length-grouped,packed-flex (flex_attention)' "
                          "(default: every row, eager in the table's order, compiled likely-fastest first)")
+    ap.add_argument("--cudnn-attention", choices=("on", "off"), default="on",
+                    help="off: sdpa may not pick cuDNN's attention (it builds a plan per new shape, which rows whose "
+                         "shapes change every step pay inside their timing); default on, torch's choice")
     ap.add_argument("--out", default=None, help="write the JSON here (default: print it)")
     ap.add_argument("--png", default=None, help="draw real tokens/s relative to fixed padding, per row, here")
     args = ap.parse_args(argv)
@@ -399,6 +402,8 @@ def main(argv=None) -> dict:
         ap.error(f"--rows {sorted(set(wanted) - set(row_names(impls_wanted)))} are not rows of this run; "
                  f"its rows: {row_names(impls_wanted)}")
     dev = resolve_device(args.device)
+    if args.cudnn_attention == "off":
+        torch.backends.cuda.enable_cudnn_sdp(False)
     import transformers
     transformers.logging.set_verbosity_error()
 
@@ -446,7 +451,7 @@ def main(argv=None) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python"] + sys.argv) if argv is None else "h200_decoder.main(" + repr(argv) + ")",
         "config": {"model": args.model, "parameters": args.n_params, "policy": args.policy, "optimizer": "AdamW(fused)",
-                   "compile": args.compile, "rows": wanted, "max_tokens": args.max_tokens,
+                   "compile": args.compile, "cudnn_attention": args.cudnn_attention, "rows": wanted, "max_tokens": args.max_tokens,
                    "max_length": args.max_length,
                    "batch_size": bs, "examples": args.examples or len(pairs), "steps": args.steps,
                    "warmup": args.warmup, "lr": args.lr, "seed": args.seed,
