@@ -57,6 +57,7 @@ from padlab import data, strategies
 from padlab.attention import document_block_mask
 from padlab.env import resolve_device
 from padlab.experiments.bench import matmul_peak_tflops, sync
+from padlab.experiments import results
 from padlab.experiments.results import save_result
 from padlab.generate import greedy_generate
 from padlab.hf import PaddingFreeCollator, additive_mask, check_packing
@@ -285,16 +286,6 @@ def run_row(name, steps, init, args, dev, peaks, compiled):
     return row
 
 
-def compare(rows) -> dict:
-    """The best padlab row and the best transformers (``hf-``) row by real tokens/s, and their ratio."""
-    best = {side: max((r for r in rows if r["strategy"].startswith("hf-") == (side == "hf")),
-                      key=lambda r: r["real_tokens_per_s"], default=None) for side in ("padlab", "hf")}
-    ratio = (best["padlab"]["real_tokens_per_s"] / best["hf"]["real_tokens_per_s"]
-             if best["padlab"] and best["hf"] else None)
-    label = {k: (r["strategy"] + (" [compiled]" if r["compiled"] else "")) if r else None for k, r in best.items()}
-    return {"best_padlab": label["padlab"], "best_hf": label["hf"], "padlab_over_best_hf": ratio}
-
-
 def draw(result: dict, path: str) -> None:
     """Real tokens/s of every row over the eager fixed-padding row (one bar per row, log scale)."""
     import matplotlib
@@ -464,6 +455,9 @@ def main(argv=None) -> dict:
         # Every compiled row compiles the same model code again (a new model, another batch layout): past
         # dynamo's default of 8 entries per function it would run those functions eagerly, unseen.
         torch._dynamo.config.recompile_limit = 64
+        # Why a row compiled again (which guard failed), in the log: a compile inside a row's timed steps is
+        # recorded as a count in its JSON row, and its reason here.
+        torch._logging.set_logs(recompiles=True)
     for name in unplanned:     # asked for by --rows, left out by its oracle
         log(f"{name}: not run (the oracle of its attention implementation failed here)")
         result["rows"] += [{"strategy": name, "compiled": c, "error": "not run: its attention implementation's "
@@ -497,13 +491,15 @@ def main(argv=None) -> dict:
                     torch.cuda.empty_cache()
             if args.out:
                 save_result(result, args.out)      # partial results survive a crash later in the run
-    rows = [r for r in result["rows"] if "error" not in r]
-    result.update(compare(rows), complete=True)
-    for compiled in modes:
-        result["compiled" if compiled else "eager"] = compare([r for r in rows if r["compiled"] == compiled])
-    ratio = result["padlab_over_best_hf"]
-    log(f"best padlab {result['best_padlab']} / best transformers {result['best_hf']}: "
-        f"{ratio:.2f}x real tokens/s" if ratio else "no ratio (a side has no row)")
+    # The comparison is padlab.experiments.results' (what notebook 08 reads back): over every row, and per
+    # compile setting over the rows that did not compile inside their timed steps.
+    summary = results.decoder_summary(result)
+    result.update(summary["comparison"], by_compile=summary["by_compile"], complete=True)
+    for mode, c in [("all rows", summary["comparison"])] + list(summary["by_compile"].items()):
+        ratio = c["padlab_over_best_hf"]
+        log(f"{mode}: best padlab {c['best_padlab']} / best transformers {c['best_hf']}: "
+            + (f"{ratio:.2f}x real tokens/s" if ratio else "no ratio (a side has no row)")
+            + (f"; left out, compiled in their timed steps: {c['left_out']}" if c.get("left_out") else ""))
     if args.out:
         save_result(result, args.out)
         log(f"wrote {args.out}")

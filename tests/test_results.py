@@ -269,6 +269,42 @@ def test_decoder_summary_by_hand():
     assert s["table"][4]["error"] == "OOM" and "real_tokens_per_s" not in s["table"][4]
     assert s["generation_by_order"] == {"sorted": {1: 5.0}, "random": {16: 50.0, 64: 90.0}}
     assert DECODER_RESULT["rows"][3]["strategy"] == "hf-flattening (sdpa)"     # input not mutated
+    assert [t["compiled"] for t in s["table"]] == [False, False, False, True, False]
+    # per setting: eager 40 / 20; the compiled setting has one hf row and no padlab row
+    assert s["by_compile"] == {
+        "eager": {"best_padlab": "packed-mask (sdpa)", "best_hf": "hf-length-grouped", "padlab_over_best_hf": 2.0,
+                  "left_out": []},
+        "compiled": {"best_padlab": None, "best_hf": "hf-flattening (sdpa) [compiled]", "padlab_over_best_hf": None,
+                     "left_out": []}}
+
+
+def test_decoder_summary_leaves_out_rows_that_compiled_in_their_timing():
+    rows = [_dec_row("packed-mask (sdpa)", 40.0, compiled=True, graphs_compiled_in_timed_steps=0),
+            _dec_row("token-budget", 30.0, compiled=True, graphs_compiled_in_timed_steps=0),
+            _dec_row("hf-length-grouped", 5.0, compiled=True, graphs_compiled_in_timed_steps=1),
+            _dec_row("hf-flattening (sdpa)", 8.0, compiled=True, graphs_compiled_in_timed_steps=0),
+            _dec_row("hf-length-grouped", 20.0)]
+    s = results.decoder_summary({"config": {}, "rows": rows})
+    assert [t["compiled_in_timing"] for t in s["table"]] == [False, False, True, False, False]
+    assert s["by_compile"]["compiled"] == {"best_padlab": "packed-mask (sdpa) [compiled]",
+                                           "best_hf": "hf-flattening (sdpa) [compiled]",
+                                           "padlab_over_best_hf": 5.0, "left_out": ["hf-length-grouped [compiled]"]}
+    assert s["by_compile"]["eager"]["best_padlab"] is None and s["by_compile"]["eager"]["best_hf"] == "hf-length-grouped"
+    # the all-rows comparison keeps every row: 40 over the eager hf row's 20
+    assert s["comparison"]["padlab_over_best_hf"] == 2.0 and s["comparison"]["best_hf"] == "hf-length-grouped"
+
+
+def test_decoder_rows_compared_by_hand():
+    base = {"rows": [_dec_row("fixed", 10.0), _dec_row("bucketed", 20.0), _dec_row("bucketed", 50.0, compiled=True),
+                     {"strategy": "dynamic", "error": "OOM"}, _dec_row("token-budget", 30.0)]}
+    other = {"rows": [_dec_row("bucketed", 40.0), _dec_row("fixed", 9.0), _dec_row("dynamic", 7.0)]}
+    got = results.decoder_rows_compared(base, other)
+    assert got == [{"strategy": "fixed", "base": 10.0, "other": 9.0, "other_over_base": 0.9, "padded_fraction": 0.25},
+                   {"strategy": "bucketed", "base": 20.0, "other": 40.0, "other_over_base": 2.0,
+                    "padded_fraction": 0.25}]
+    assert results.decoder_rows_compared(base, other, compiled=True) == []
+    with pytest.raises(ValueError, match="other must be a decoder result"):
+        results.decoder_rows_compared(base, [1])
 
 
 def test_decoder_summary_without_a_side_has_no_ratio():
@@ -279,14 +315,25 @@ def test_decoder_summary_without_a_side_has_no_ratio():
     assert s["table"][0]["speedup_over_fixed"] is None       # no fixed row: no baseline
 
 
-def test_load_decoder_shipped_agrees_with_the_script():
-    d = results.load_decoder("h200")
+@pytest.mark.parametrize("key", sorted(results.DECODER))
+def test_load_decoder_shipped_agrees_with_the_script(key):
+    d = results.load_decoder(key)
     assert d["device"] == "NVIDIA H200" and d["complete"]
     # the comparison recomputed from the rows equals what the benchmark script stored
     assert d["comparison"]["best_padlab"] == d["best_padlab"] and d["comparison"]["best_hf"] == d["best_hf"]
     assert d["comparison"]["padlab_over_best_hf"] == pytest.approx(d["padlab_over_best_hf"])
     assert all(t["strategy"].startswith("hf-") == (t["side"] == "transformers") for t in d["table"])
     assert len(d["table"]) == len(d["rows"]) and all(0 <= t["attention_flop_share"] < 1 for t in d["table"])
+
+
+def test_shipped_decoder_runs_hold_what_notebook_08_reads():
+    run, control = results.load_decoder("h200"), results.load_decoder("h200-nocudnn")
+    assert run["config"]["compile"] == "both" and control["config"]["cudnn_attention"] == "off"
+    labels = {t["strategy"] for t in run["table"]}
+    for name in ("packed-mask (sdpa)", "packed-flex (flex_attention)", "hf-length-grouped", "fixed"):
+        assert name in labels and name + " [compiled]" in labels
+    shared = results.decoder_rows_compared(run, control)
+    assert {r["strategy"] for r in shared} >= {"hf-length-grouped", "token-budget", "packed-mask (sdpa)", "fixed"}
 
 
 @pytest.mark.parametrize("call, match", [

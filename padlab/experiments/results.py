@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,8 @@ __all__ = ["SHIPPED", "WORK", "load_result", "save_result", "is_history", "resul
            "row_label", "speedups", "curve_seconds", "loss_at", "time_to_loss",
            "load_matrix", "summarize_matrix", "speed_table", "load_inference", "inference_verdict",
            "inference_speedups", "load_memory", "memory_verdict", "memory_table", "load_amp_tokens",
-           "amp_references", "amp_tokens_verdict", "DECODER", "load_decoder", "decoder_summary"]
+           "amp_references", "amp_tokens_verdict", "DECODER", "load_decoder", "decoder_summary",
+           "decoder_rows_compared"]
 
 WORK = ("tokens", "sequences")
 
@@ -586,17 +587,21 @@ def amp_tokens_verdict(result: Mapping[str, Any], *, references: list[Mapping[st
 # --------------------------------------------------------------------------- decoder (SFT) results
 
 #: The shipped decoder runs of ``benchmarks/h200_decoder.py`` (``data/benchmarks/``).
-DECODER = {"h200": "h200_decoder.json"}
+#: ``"h200"``: every row eager and compiled, in one run; ``"h200-nocudnn"``: the eager rows again, with
+#: ``sdpa`` kept off cuDNN's attention (``--cudnn-attention off``).
+DECODER = {"h200": "h200_decoder.json", "h200-nocudnn": "h200_decoder_nocudnn.json"}
 
 
 def load_decoder(path: Any = "h200") -> dict[str, Any]:
     """Read a ``benchmarks/h200_decoder.py`` JSON file and add :func:`decoder_summary`'s keys to it.
 
-    ``path`` may be ``"h200"`` (:data:`DECODER`: the shipped ``data/benchmarks/h200_decoder.json``).
-    The stored keys are returned as written; ``table``, ``comparison`` and ``generation_by_order`` are
-    computed from the rows (the stored ``best_padlab``/``padlab_over_best_hf`` are the script's own).
+    ``path`` may be a key of :data:`DECODER` (``"h200"``, ``"h200-nocudnn"``: the shipped runs in
+    ``data/benchmarks/``). The stored keys are returned as written; ``table``, ``comparison``,
+    ``by_compile`` and ``generation_by_order`` are computed from the rows.
     """
-    data = _load_shipped(path, DECODER["h200"], ("rows", "config"), "decoder")
+    shipped = DECODER.get(path, DECODER["h200"]) if isinstance(path, str) else DECODER["h200"]
+    data = _load_shipped("h200" if isinstance(path, str) and path in DECODER else path, shipped,
+                         ("rows", "config"), "decoder")
     if not isinstance(data["rows"], list):
         raise fail("path", str(path), "hold a decoder result (its 'rows' a list)")
     return {**data, **decoder_summary(data)}
@@ -617,8 +622,12 @@ def decoder_summary(result: Mapping[str, Any]) -> dict[str, Any]:
     measure one step, not learning), ``attention_flop_share`` (the share of the row's model FLOPs
     that is attention: what is left after ``6 * parameters * real tokens``), ``speedup_over_fixed``
     (real tokens/s over the uncompiled ``fixed`` row's; ``None`` without one), ``error``.
+    ``compiled``, and ``compiled_in_timing``: the row compiled a graph during its timed steps (a shape its
+    warm-up had not met), so its time holds compiling and is not its steady speed.
     ``comparison``: the best row of each side by real tokens/s (rows without an error), and the ratio
-    ``padlab_over_best_hf``. ``generation_by_order``: ``{order: {batch_size: tokens_per_s}}``.
+    ``padlab_over_best_hf``. ``by_compile``: ``{"eager"|"compiled": comparison}`` over the rows of that
+    setting that did not compile in their timing, each with ``left_out``, the labels of those that did.
+    ``generation_by_order``: ``{order: {batch_size: tokens_per_s}}``.
     """
     if not isinstance(result, Mapping) or not isinstance(result.get("rows"), list):
         raise fail("result", type(result).__name__, "be a decoder result with 'rows'")
@@ -629,7 +638,8 @@ def decoder_summary(result: Mapping[str, Any]) -> dict[str, Any]:
             raise fail("result", r, "hold rows with a 'strategy'")
         err = r.get("error")
         row: dict[str, Any] = {"strategy": _label(r), "side": "transformers" if r["strategy"].startswith("hf-") else "padlab",
-                               "error": err}
+                               "compiled": bool(r.get("compiled")), "error": err,
+                               "compiled_in_timing": bool(r.get("graphs_compiled_in_timed_steps"))}
         if not err:
             mem = r.get("peak_memory_bytes")
             curve = r.get("loss_curve") or []
@@ -647,17 +657,48 @@ def decoder_summary(result: Mapping[str, Any]) -> dict[str, Any]:
     for t in table:
         if not t["error"]:
             t["speedup_over_fixed"] = t["real_tokens_per_s"] / fixed["real_tokens_per_s"] if fixed else None
-    best: dict[str, Any] = {}
-    for side in ("padlab", "transformers"):
-        ok = [t for t in table if t["side"] == side and not t["error"]]
-        best[side] = max(ok, key=lambda t: t["real_tokens_per_s"]) if ok else None
-    ratio = (best["padlab"]["real_tokens_per_s"] / best["transformers"]["real_tokens_per_s"]
-             if best["padlab"] and best["transformers"] else None)
-    comparison = {"best_padlab": best["padlab"]["strategy"] if best["padlab"] else None,
-                  "best_hf": best["transformers"]["strategy"] if best["transformers"] else None,
-                  "padlab_over_best_hf": ratio}
+    ok = [t for t in table if not t["error"]]
+    by_compile = {}
+    for mode, flag in (("eager", False), ("compiled", True)):
+        rows = [t for t in ok if t["compiled"] == flag]
+        if rows:
+            by_compile[mode] = {**_best_of(t for t in rows if not t["compiled_in_timing"]),
+                                "left_out": [t["strategy"] for t in rows if t["compiled_in_timing"]]}
     gen: dict[str, dict[int, float]] = {}
     for g in result.get("generation") or []:
         if not g.get("error"):
             gen.setdefault(g["order"], {})[int(g["batch_size"])] = g["tokens_per_s"]
-    return {"table": table, "comparison": comparison, "generation_by_order": gen}
+    return {"table": table, "comparison": _best_of(ok), "by_compile": by_compile, "generation_by_order": gen}
+
+
+def _best_of(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The best row of each side of a decoder table by real tokens/s, and the ratio of the two."""
+    best: dict[str, Any] = {"padlab": None, "transformers": None}
+    for t in rows:
+        if best[t["side"]] is None or t["real_tokens_per_s"] > best[t["side"]]["real_tokens_per_s"]:
+            best[t["side"]] = t
+    p, h = best["padlab"], best["transformers"]
+    return {"best_padlab": p["strategy"] if p else None, "best_hf": h["strategy"] if h else None,
+            "padlab_over_best_hf": p["real_tokens_per_s"] / h["real_tokens_per_s"] if p and h else None}
+
+
+def decoder_rows_compared(base: Mapping[str, Any], other: Mapping[str, Any], *, compiled: bool = False
+                          ) -> list[dict[str, Any]]:
+    """The rows two decoder runs share (same strategy, same compile setting, no error in either), in
+    ``base``'s order: ``strategy``, ``base`` and ``other`` real tokens/s, ``other_over_base``, and
+    ``padded_fraction`` (``base``'s). For a control run that changes one setting (``"h200-nocudnn"``
+    against ``"h200"``): which rows the setting moves."""
+    runs = {}
+    for name, run in (("base", base), ("other", other)):
+        if not isinstance(run, Mapping) or not isinstance(run.get("rows"), list):
+            raise fail(name, type(run).__name__, "be a decoder result with 'rows'")
+        runs[name] = {r["strategy"]: r for r in run["rows"] if isinstance(r, Mapping) and "strategy" in r
+                      and not r.get("error") and bool(r.get("compiled")) == compiled}
+    out = []
+    for name, b in runs["base"].items():
+        o = runs["other"].get(name)
+        if o is not None:
+            out.append({"strategy": name, "base": b["real_tokens_per_s"], "other": o["real_tokens_per_s"],
+                        "other_over_base": o["real_tokens_per_s"] / b["real_tokens_per_s"],
+                        "padded_fraction": b["padded_fraction"]})
+    return out
