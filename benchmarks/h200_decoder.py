@@ -34,9 +34,11 @@ KV cache) at a few batch sizes, prompts sorted by length against the caller's or
 the device, torch and transformers versions, the date and the command. Model FLOPs per step: ``6 * params * real tokens`` plus causal attention,
 ``6 * layers * hidden * sum(len^2)`` (``sum(len^2)`` over the attention spans each row computes).
 
+    bash benchmarks/h200_decoder_warm.sh /tmp/warm      # compile caches first (CPU-bound, rows in parallel)
     python benchmarks/h200_decoder.py --compile both --peak-tflops 989.4 --target-loss 6.6 \
         --out data/benchmarks/h200_decoder.json --png data/benchmarks/h200_decoder.png \
-        2>&1 | tee data/benchmarks/h200_decoder.log                                  # on the H200
+        2>&1 | tee data/benchmarks/h200_decoder.log                                  # on the H200, same machine
+    # (with TORCHINDUCTOR_CACHE_DIR=$PWD/.compile-cache/inductor TRITON_CACHE_DIR=$PWD/.compile-cache/triton)
     python benchmarks/h200_decoder.py --quick                                         # CPU, seconds
 """
 from __future__ import annotations
