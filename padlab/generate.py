@@ -18,7 +18,6 @@ prompts of similar lengths and few pads, and the outputs are put back in the cal
 """
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -29,6 +28,7 @@ import torch
 from ._sequences import as_int_array, check_list
 from ._validate import check_bool, check_choice, check_int, fail
 from .batching import restore_order, sorted_inference_batches
+from .models import forward_parameters
 from .padding import SIDES, pad_batch
 
 __all__ = ["GenerationResult", "greedy_generate"]
@@ -63,7 +63,7 @@ def _logits(out: Any) -> torch.Tensor:
 
 def _cache_name(model) -> str:
     # transformers 5.2x calls the KV cache ``cache`` (``past_key_values`` before, still accepted with a warning).
-    params = inspect.signature(model.forward).parameters
+    params = forward_parameters(model)
     return "cache" if "cache" in params else "past_key_values"
 
 

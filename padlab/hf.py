@@ -25,7 +25,6 @@ call (cache left on), continuing positions and ``cu_seq_lens`` alone would do.
 from __future__ import annotations
 
 import copy
-import inspect
 import numbers
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from .attention import dense_document_mask, document_mask_mod
+from .models import forward_parameters
 from ._validate import PadlabError, check_bool, check_choice, check_float, check_int, fail
 
 __all__ = ["ATTENTION_MODES", "PaddingFreeCollator", "additive_document_mask", "additive_mask", "document_block_mask",
@@ -283,7 +283,7 @@ class _Runner:
         self.cu = cu
         self.restart = torch.from_numpy(np.arange(cu[-1]) - np.repeat(cu[:-1], lens))[None].to(self.device)
         self.cont = torch.arange(int(cu[-1]), device=self.device)[None]
-        params = inspect.signature(model.forward).parameters
+        params = forward_parameters(model)
         self.takes_cache = "use_cache" in params
         self.takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
         self.dtype = next(model.parameters()).dtype
@@ -343,7 +343,7 @@ def check_packing(model, sequences: Sequence[Sequence[int]], *, attn_implementat
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise fail("model", model, "be a transformers model (a torch.nn.Module with a config)")
     causal = _is_causal(model)
-    if "position_ids" not in inspect.signature(model.forward).parameters:
+    if "position_ids" not in forward_parameters(model):
         raise fail("model", type(model).__name__, "take position_ids in forward")
     if isinstance(sequences, (str, bytes, Mapping)) or sequences is None:
         raise fail("sequences", sequences, "be a list of lists of token ids")

@@ -34,6 +34,7 @@ Design choices (each documented where it matters):
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
@@ -767,8 +768,32 @@ def model_flops(config: EncoderConfig, real_tokens: int, masked_tokens: int, seq
             + 12 * config.layers * config.hidden * sq)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module that holds ``model``'s own ``forward``: through ``torch.compile``'s wrapper
+    (``_orig_mod``) and data-parallel wrappers (``module``), however deep; ``model`` itself otherwise."""
+    if not isinstance(model, nn.Module):
+        raise fail("model", type(model).__name__, "be a torch.nn.Module")
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            break
+        model = inner
+    return model
+
+
+def forward_parameters(model: nn.Module) -> "dict[str, inspect.Parameter]":
+    """The parameters of ``model``'s own ``forward`` (:func:`unwrap`): a compiled or data-parallel
+    model's ``forward`` is a wrapper taking ``*args, **kwargs``, which hides keywords such as
+    ``use_cache`` and ``position_ids`` that the wrapped model takes and a caller must pass."""
+    return dict(inspect.signature(unwrap(model).forward).parameters)
+
+
 __all__ = [
     "EncoderConfig", "Encoder", "EncoderLayer", "EncoderForSequenceClassification", "EncoderForMaskedLM",
     "HeadOutput", "MaskedLMHead", "IGNORE_INDEX", "mask_tokens", "sequence_loss", "sdpa_mask",
-    "nested_supported", "NestedSupport", "parameter_counts", "model_flops",
+    "nested_supported", "NestedSupport", "parameter_counts", "model_flops", "unwrap", "forward_parameters",
 ]

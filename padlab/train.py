@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from . import floats
 from ._validate import check_choice, check_float, check_int, fail
 from .env import resolve_device
+from .models import forward_parameters
 from .precision import Policy, Prepared, autocast_context, get_policy, prepare, tf32_context
 
 __all__ = [
@@ -145,8 +146,9 @@ def causal_lm_loss(model: nn.Module, batch: Mapping[str, Any], *, num_items_in_b
     if "labels" not in batch:
         raise fail("batch", sorted(batch), "hold per-token 'labels' for the causal LM loss")
     kw = {k: batch[k] for k in _LM_KEYS if k in batch}
-    params = inspect.signature(model.forward).parameters
-    if "use_cache" in params:
+    # The model's own forward: a compiled model's wrapper takes **kwargs and would hide use_cache, and a
+    # transformers model left to its default cache attends across packed sequences.
+    if "use_cache" in forward_parameters(model):
         kw["use_cache"] = False
     out = model(batch["input_ids"], **kw)
     logits = out["logits"] if isinstance(out, Mapping) else getattr(out, "logits", out)

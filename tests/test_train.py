@@ -1,6 +1,7 @@
 """The one training step and loop: GradScaler skipping, records, schedule, evaluate."""
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 
@@ -401,3 +402,49 @@ def test_bad_accumulation_arguments():
         train.train(model, [b], "fp32", 1, "cpu", accumulation_steps=0, progress=False)
     with pytest.raises(ValueError, match=r"batch\['labels'\] must be per-token labels"):
         train.count_targets({"labels": torch.tensor([1, 2])})
+
+
+# ----------------------------------------------------------------------------- wrapped models (torch.compile)
+
+def test_causal_lm_loss_keeps_packed_sequences_apart_through_torch_compile():
+    # A compiled model's forward is a *args/**kwargs wrapper: use_cache=False must still reach the model, or
+    # transformers builds a cache and ignores the restarted position_ids (sequences attend to each other).
+    from padlab.hf import PaddingFreeCollator
+    model = _tiny_llama().eval()
+    model.set_attn_implementation("sdpa")
+    batch = {k: v for k, v in PaddingFreeCollator()(_pairs(4)).items() if k in ("input_ids", "position_ids", "labels")}
+    # targets in the last pair only: its loss is what attending to the pairs before it would change
+    last = _spans(batch["position_ids"][0])[-1][0]
+    batch["labels"] = batch["labels"].clone()
+    batch["labels"][:, :last] = -100
+    compiled = torch.compile(model, backend="eager")       # the same wrapper as inductor's, no code generation
+    with torch.no_grad():
+        want = float(train.causal_lm_loss(model, batch))
+        # the reference: each pair alone, summed over response targets, divided by the step's targets
+        alone = sum(float(train.causal_lm_loss(model, {k: v[:, a:b] for k, v in batch.items()},
+                                               num_items_in_batch=1))
+                    for a, b in _spans(batch["position_ids"][0])) / train.count_targets(batch)
+        got = float(train.causal_lm_loss(compiled, batch))
+        # negative control: the call the wrapper used to get, the cache left on
+        logits = model(batch["input_ids"], position_ids=batch["position_ids"], use_cache=True).logits
+        leaky = float(torch.nn.functional.cross_entropy(logits[0, :-1], batch["labels"][0, 1:], ignore_index=-100))
+    assert want == pytest.approx(alone, abs=1e-5)
+    assert got == pytest.approx(want, abs=1e-5)
+    assert abs(leaky - want) > 1e-3        # 100x the tolerance above
+
+
+def _spans(position_ids):
+    starts = (position_ids == 0).nonzero().flatten().tolist() + [len(position_ids)]
+    return list(zip(starts[:-1], starts[1:]))
+
+
+def test_forward_parameters_sees_through_wrappers():
+    from padlab.models import forward_parameters, unwrap
+    model = _tiny_llama()
+    compiled = torch.compile(torch.nn.DataParallel(model), backend="eager")
+    assert unwrap(model) is model and unwrap(compiled) is model
+    assert {"use_cache", "position_ids"} <= set(forward_parameters(compiled))
+    # what the wrappers themselves show: no use_cache
+    assert "use_cache" not in inspect.signature(compiled.forward).parameters
+    with pytest.raises(ValueError, match=r"model must be a torch.nn.Module; got 'str'"):
+        forward_parameters("llama")
