@@ -61,6 +61,7 @@ import torch
 from padlab.data import load_corpus
 from padlab.env import resolve_device
 from padlab.experiments import bench, results
+from padlab.experiments.profiling import kernel_profile
 from padlab.models import EncoderForMaskedLM, model_flops
 from padlab.precision import tf32_context
 from padlab.train import to_device, train_step
@@ -117,46 +118,25 @@ def profile_steps(steps: list[dict[str, Any]], policy: str, init_state: dict[str
     """Kernel time and kernels per step over ``steps`` (after ``warmup`` of them), the same
     training step as the rows (:func:`padlab.train.train_step`, no host sync inside a step).
 
-    The kernel time is the sum of every kernel's, copy's and memset's GPU time (one stream: they
-    do not overlap); ``wall_ms_per_step`` is the host clock from the first profiled step to a sync
-    after the last. CPU and CUDA activities are both recorded (CUDA alone has been seen to record
-    no kernels at all); the CPU-side recording slows the host, so the busy fraction under the
-    profiler is a lower bound, and :func:`run` also divides the kernel time by the row's
-    unprofiled median step. On a CPU there are no kernels: the fields are None.
+    The fields are :func:`padlab.experiments.profiling.kernel_profile`'s: the CPU-side recording
+    slows the host, so the busy fraction under the profiler is a lower bound, and :func:`run` also
+    divides the kernel time by the row's unprofiled median step. On a CPU there are no kernels:
+    the fields are None.
     """
-    from torch.profiler import ProfilerActivity, profile
-
     prep = bench.prepare_row(policy, init_state, mcfg, cfg, device)
     dev_steps = [to_device(s["inputs"], device) for s in steps]
     n = len(dev_steps) - warmup
-    cuda = device.type == "cuda"
     with tf32_context(prep.policy):
         for inp in dev_steps[:warmup]:
             train_step(prep.model, inp, prep.optimizer, prep.policy, prep.scaler, bench.mlm_loss, measure=False)
         bench.sync(device)
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        with profile(activities=acts) as prof:
-            t0 = time.perf_counter()
+
+        def run() -> None:
             for inp in dev_steps[warmup:]:
                 train_step(prep.model, inp, prep.optimizer, prep.policy, prep.scaler, bench.mlm_loss, measure=False)
-            bench.sync(device)
-            wall_ms = (time.perf_counter() - t0) * 1e3 / n
-    kernel_us, launches, top = 0.0, 0, []
-    if cuda:
-        for e in prof.key_averages():
-            if str(getattr(e, "device_type", "")).endswith("CUDA") and getattr(e, "self_device_time_total", 0) > 0:
-                kernel_us += e.self_device_time_total
-                launches += e.count
-                top.append((e.key, e.self_device_time_total, e.count))
-    if cuda and not launches:
-        raise RuntimeError("torch.profiler recorded no CUDA kernels (CUPTI not attached?)")
-    top.sort(key=lambda x: -x[1])
-    kernel_ms = kernel_us / 1e3 / n if cuda else None
-    return {"precision": policy, "steps": n, "wall_ms_per_step": wall_ms, "kernel_ms_per_step": kernel_ms,
-            "gpu_busy_fraction_under_profiler": kernel_ms / wall_ms if cuda else None,
-            "kernels_per_step": launches / n if cuda else None,
-            "top_kernels": [{"kernel": k[:120], "ms_per_step": us / 1e3 / n, "calls_per_step": c / n}
-                            for k, us, c in top[:8]]}
+
+        prof = kernel_profile(run, n, device, sync=lambda: bench.sync(device))
+    return {"precision": policy, **prof}
 
 
 # ----------------------------------------------------------------------------- verdict

@@ -60,6 +60,7 @@ from padlab.attention import document_block_mask
 from padlab.env import resolve_device
 from padlab.experiments.bench import matmul_peak_tflops, sync
 from padlab.experiments import results
+from padlab.experiments.profiling import kernel_profile
 from padlab.experiments.results import save_result
 from padlab.generate import greedy_generate
 from padlab.hf import PaddingFreeCollator, additive_mask, check_packing
@@ -260,6 +261,19 @@ def run_row(name, steps, init, args, dev, peaks, compiled):
     # A graph compiled during the timed steps (a shape the warm-up did not meet) is inside this row's time.
     graphs_timed = _graphs() - graphs_warm
     timed = steps[args.warmup:]
+    profile = None
+    if name in args.profile:
+        # After the timed steps, on the same (compiled) model: where a step's GPU time goes, by kernel family.
+        prof_steps = timed[:args.profile_steps]
+
+        def run_profiled() -> None:
+            for i, (b, *_rest) in enumerate(prof_steps):
+                train_step(m, b, prep.optimizer, prep.policy, prep.scaler, loss_fn, measure=False, step=i)
+
+        profile = kernel_profile(run_profiled, len(prof_steps), dev, sync=lambda: sync(dev))
+        profile["unprofiled_ms_per_step"] = seconds * 1e3 / len(timed)
+        if profile["kernel_ms_per_step"] is not None:
+            profile["gpu_busy_fraction"] = profile["kernel_ms_per_step"] / profile["unprofiled_ms_per_step"]
     real = sum(s[1] for s in timed)
     slots = sum(s[2] for s in timed)
     targets = sum(count_targets(s[0]) for s in timed)
@@ -282,6 +296,12 @@ def run_row(name, steps, init, args, dev, peaks, compiled):
         "warmup_seconds": warmup_seconds, "graphs_compiled_in_warmup": graphs_warm - graphs0,
         "graphs_compiled_in_timed_steps": graphs_timed,
     }
+    if profile is not None:
+        row["profile"] = profile
+        if profile["family_ms_per_step"]:
+            fam = ", ".join(f"{k} {v:.1f}" for k, v in profile["family_ms_per_step"].items())
+            log(f"  profile: {profile['kernel_ms_per_step']:.1f} ms of kernels a step ({fam}); "
+                f"GPU busy {profile['gpu_busy_fraction']:.0%} of the unprofiled step")
     log(f"{name + (' [compiled]' if compiled else ''):<37}{row['real_tokens_per_s']:>12,.0f} real tok/s  padded {row['padded_fraction']:6.1%}  "
         f"loss {row['loss_first']:.3f} -> {row['loss_last']:.3f}  warm-up {warmup_seconds:.0f} s, "
         f"{graphs_warm - graphs0} graphs (+{graphs_timed} timed)")
@@ -373,6 +393,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--cudnn-attention", choices=("on", "off"), default="on",
                     help="off: sdpa may not pick cuDNN's attention (it builds a plan per new shape, which rows whose "
                          "shapes change every step pay inside their timing); default on, torch's choice")
+    ap.add_argument("--profile", default="",
+                    help="comma-separated row names (as --rows names them) to profile after their timed steps, eager "
+                         "and compiled: kernel time per step by family (attention, matmul, optimizer, other), the "
+                         "GPU-busy fraction, the heaviest kernels")
+    ap.add_argument("--profile-steps", type=int, default=5, help="steps a profile covers (default 5)")
     ap.add_argument("--out", default=None, help="write the JSON here (default: print it)")
     ap.add_argument("--png", default=None, help="draw real tokens/s relative to fixed padding, per row, here")
     args = ap.parse_args(argv)
@@ -391,6 +416,10 @@ def main(argv=None) -> dict:
     args.examples = args.examples or (2000 if q else None)
     impls_wanted = (args.attn or ("sdpa" if q else "sdpa,flex_attention")).split(",")
     wanted = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    args.profile = [r.strip() for r in args.profile.split(",") if r.strip()]
+    if set(args.profile) - set(row_names(impls_wanted)):
+        ap.error(f"--profile {sorted(set(args.profile) - set(row_names(impls_wanted)))} are not rows of this run; "
+                 f"its rows: {row_names(impls_wanted)}")
     if wanted and set(wanted) - set(row_names(impls_wanted)):
         ap.error(f"--rows {sorted(set(wanted) - set(row_names(impls_wanted)))} are not rows of this run; "
                  f"its rows: {row_names(impls_wanted)}")
@@ -444,7 +473,8 @@ def main(argv=None) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python"] + sys.argv) if argv is None else "h200_decoder.main(" + repr(argv) + ")",
         "config": {"model": args.model, "parameters": args.n_params, "policy": args.policy, "optimizer": "AdamW(fused)",
-                   "compile": args.compile, "cudnn_attention": args.cudnn_attention, "rows": wanted, "max_tokens": args.max_tokens,
+                   "compile": args.compile, "cudnn_attention": args.cudnn_attention, "rows": wanted,
+                   "profile": args.profile, "profile_steps": args.profile_steps, "max_tokens": args.max_tokens,
                    "max_length": args.max_length,
                    "batch_size": bs, "examples": args.examples or len(pairs), "steps": args.steps,
                    "warmup": args.warmup, "lr": args.lr, "seed": args.seed,

@@ -63,6 +63,30 @@ def test_rows_run_in_the_given_order(tmp_path):
     assert result["config"]["rows"] == ["hf-length-grouped", "packed-mask (sdpa)"]
 
 
+@pytest.mark.slow   # the oracle, one row eager and compiled on the CPU
+def test_profile_and_compile_records(tmp_path):
+    out = tmp_path / "decoder.json"
+    load_script().main(["--quick", "--examples", "300", "--steps", "2", "--warmup", "1", "--gen-batch-sizes", "none",
+                        "--rows", "packed-mask (sdpa)", "--compile", "both", "--profile", "packed-mask (sdpa)",
+                        "--profile-steps", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    eager, compiled = result["rows"]
+    assert (eager["compiled"], compiled["compiled"]) == (False, True) and result["generation"] == []
+    # eager compiles nothing; the compiled row compiles its graph(s) in its warm-up, none in its timed steps
+    assert eager["graphs_compiled_in_warmup"] == 0 and compiled["graphs_compiled_in_warmup"] >= 1
+    assert compiled["graphs_compiled_in_timed_steps"] == 0
+    for r in (eager, compiled):      # a CPU has no kernels: the profile holds its wall time only
+        assert r["profile"]["steps"] == 1 and r["profile"]["wall_ms_per_step"] > 0
+        assert r["profile"]["kernel_ms_per_step"] is None and r["profile"]["unprofiled_ms_per_step"] > 0
+    assert result["by_compile"]["eager"]["best_padlab"] == "packed-mask (sdpa)"
+
+
+def test_profile_names_checked_before_any_work(capsys):
+    with pytest.raises(SystemExit):
+        load_script().main(["--quick", "--profile", "packed (flash)"])
+    assert "--profile ['packed (flash)'] are not rows of this run" in capsys.readouterr().err
+
+
 FLEX_ROW = textwrap.dedent("""
     import importlib.util, json, sys
     import torch
