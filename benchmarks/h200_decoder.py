@@ -22,7 +22,9 @@ optimizer (AdamW, fused) and compile setting, with about ``--max-tokens`` real t
   (dynamic padding of ids and labels);
 * ``hf-flattening (<attn>)``: ``DataCollatorWithFlattening`` (padding-free) with ``use_cache=False``
   under ``sdpa`` and ``flex_attention``, each only after :func:`padlab.hf.check_packing` passed on
-  this model under that implementation (the oracle's result is stored with the run).
+  this model under that implementation (the oracle's result is stored with the run); with
+  ``--oracle-compiled`` the oracle also runs through ``torch.compile``'s wrapper, and the compiled
+  padding-free rows run only where that passed.
 
 Each row reports real (prompt + response) and target (response) tokens per second, the padded
 fraction of computed slots, model TFLOP/s and MFU against two denominators (a measured bf16 matmul
@@ -383,6 +385,9 @@ def main(argv=None) -> dict:
                     help="IMPL=LOG: implementations whose oracle already passed on this model and device in an earlier "
                          "run of this command (its log named), recorded as such and not repeated (the flex_attention "
                          "oracle spends minutes compiling on a GPU)")
+    ap.add_argument("--oracle-compiled", action="store_true",
+                    help="with --compile on/both: also run the oracle on the compiled model (the path the compiled rows "
+                         "take); compiled padding-free rows run only where it passed (costs compiling on a GPU)")
     ap.add_argument("--time-limit", type=float, default=None,
                     help="seconds after which the remaining training rows are recorded as skipped (the run still "
                          "writes its JSON and PNG); default none")
@@ -458,6 +463,24 @@ def main(argv=None) -> dict:
         log(f"oracle {impl}: {'passed' if ok else 'FAILED: its padding-free rows are left out'}")
         if ok:
             impls.append(impl)
+    compiled_ok = set()
+    if args.oracle_compiled and args.compile != "off":
+        # The compiled rows take another code path (torch.compile's wrapper hides the model's keywords): their
+        # oracle runs through the same wrapper.
+        for impl in impls:
+            try:
+                c = check_packing(torch.compile(gate), probe, attn_implementation=impl)
+                control = check_packing(torch.compile(gate), probe, attn_implementation=impl, negative_control=True)
+                oracle.append(c.as_dict() | {"compiled": True, "negative_control_ok": control.ok,
+                                             "negative_control_logits_diff": control.logits_diff})
+                ok = c.ok and not control.ok
+            except Exception as e:
+                oracle.append({"attn_implementation": impl, "compiled": True, "ok": False,
+                               "error": f"{type(e).__name__}: {str(e)[:200]}"})
+                ok = False
+            log(f"oracle {impl}, compiled: {'passed' if ok else 'FAILED: its compiled padding-free rows are left out'}")
+            if ok:
+                compiled_ok.add(impl)
     init = init.cpu()
 
     peaks = {"measured": matmul_peak_tflops(dev) if dev.type == "cuda" else None, "datasheet": args.peak_tflops}
@@ -474,7 +497,8 @@ def main(argv=None) -> dict:
         "command": shlex.join(["python"] + sys.argv) if argv is None else "h200_decoder.main(" + repr(argv) + ")",
         "config": {"model": args.model, "parameters": args.n_params, "policy": args.policy, "optimizer": "AdamW(fused)",
                    "compile": args.compile, "cudnn_attention": args.cudnn_attention, "rows": wanted,
-                   "profile": args.profile, "profile_steps": args.profile_steps, "max_tokens": args.max_tokens,
+                   "profile": args.profile, "profile_steps": args.profile_steps,
+                   "oracle_compiled": args.oracle_compiled, "max_tokens": args.max_tokens,
                    "max_length": args.max_length,
                    "batch_size": bs, "examples": args.examples or len(pairs), "steps": args.steps,
                    "warmup": args.warmup, "lr": args.lr, "seed": args.seed,
@@ -512,6 +536,13 @@ def main(argv=None) -> dict:
                 log(f"{name}{' [compiled]' if compiled else ''}: skipped (--time-limit {args.time_limit:g} s reached)")
                 result["rows"].append({"strategy": name, "compiled": compiled,
                                        "error": f"skipped: --time-limit {args.time_limit:g} s reached"})
+                continue
+            impl = name.split("(")[1].rstrip(")") if "(" in name else None
+            if (compiled and args.oracle_compiled and name.startswith(("packed (", "hf-flattening ("))
+                    and impl not in compiled_ok):
+                log(f"{name} [compiled]: not run (its compiled oracle did not pass)")
+                result["rows"].append({"strategy": name, "compiled": True,
+                                       "error": "not run: its oracle did not pass on the compiled model"})
                 continue
             try:
                 result["rows"].append(run_row(name, steps, init, args, dev, peaks, compiled))

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .attention import dense_document_mask, document_mask_mod
-from .models import forward_parameters
+from .models import forward_parameters, unwrap
 from ._validate import PadlabError, check_bool, check_choice, check_float, check_int, fail
 
 __all__ = ["ATTENTION_MODES", "PaddingFreeCollator", "additive_document_mask", "additive_mask", "document_block_mask",
@@ -338,13 +338,16 @@ def check_packing(model, sequences: Sequence[Sequence[int]], *, attn_implementat
     afterwards (default: the model's). ``atol``: tolerance on logits, loss and gradients (default by the
     model's dtype: 1e-4 for float32). The model is not changed (a copy is run, in eval mode so dropout
     is off; gradients are taken of the per-token mean loss: labels are the ids, shifted by the model for
-    a causal LM). See :class:`PackingCheck` for the fields.
+    a causal LM). A model wrapped by ``torch.compile`` (or a data-parallel wrapper) is run through its
+    wrapper, the path its training takes; ``model`` in the result names the wrapped class. See
+    :class:`PackingCheck` for the fields.
     """
-    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+    if not isinstance(model, torch.nn.Module) or not hasattr(unwrap(model), "config"):
         raise fail("model", model, "be a transformers model (a torch.nn.Module with a config)")
-    causal = _is_causal(model)
+    inner = unwrap(model)
+    causal = _is_causal(inner)
     if "position_ids" not in forward_parameters(model):
-        raise fail("model", type(model).__name__, "take position_ids in forward")
+        raise fail("model", type(inner).__name__, "take position_ids in forward")
     if isinstance(sequences, (str, bytes, Mapping)) or sequences is None:
         raise fail("sequences", sequences, "be a list of lists of token ids")
     seqs = [_ids(f"sequences[{i}]", s) for i, s in enumerate(sequences)]
@@ -357,12 +360,14 @@ def check_packing(model, sequences: Sequence[Sequence[int]], *, attn_implementat
         if s.min() < 0 or s.max() >= vocab:
             raise fail(f"sequences[{i}]", s.tolist(), f"hold ids in [0, {vocab})")
     negative_control = check_bool("negative_control", negative_control)
+    # A compiled (or data-parallel) model is copied wrapper and all, and run through its wrapper: the oracle
+    # then checks the code path training will take.
     model = copy.deepcopy(model)
     if attn_implementation is not None:
         if not isinstance(attn_implementation, str):
             raise fail("attn_implementation", attn_implementation, "be a name such as 'eager', 'sdpa'")
         try:
-            model.set_attn_implementation(attn_implementation)
+            unwrap(model).set_attn_implementation(attn_implementation)
         except (ValueError, ImportError) as e:
             raise PadlabError(f"attn_implementation must be one this model and installation support; "
                               f"got {attn_implementation!r} ({str(e).splitlines()[0][:160]})") from None
@@ -429,10 +434,10 @@ def check_packing(model, sequences: Sequence[Sequence[int]], *, attn_implementat
     if not grad_checked:
         limits.append(f"{impl} has no backward on {run.device.type} here: logits and loss compared, gradients not")
     if probes["position_ids"] > atol:
-        limits.append(f"{type(model).__name__} under {impl} does not honour packed position_ids "
+        limits.append(f"{type(inner).__name__} under {impl} does not honour packed position_ids "
                       f"(logits off by {probes['position_ids']:.3g}): pass the mask")
     if probes["mask"] > atol:
-        limits.append(f"{type(model).__name__} under {impl} does not honour a document mask "
+        limits.append(f"{type(inner).__name__} under {impl} does not honour a document mask "
                       f"(logits off by {probes['mask']:.3g})")
     if probes["cu_seq_lens"] > atol:
         limits.append(f"{impl} ignores cu_seq_lens_* (a flash-attention varlen argument): without restarted "
@@ -441,7 +446,7 @@ def check_packing(model, sequences: Sequence[Sequence[int]], *, attn_implementat
         limits.append("the default call (cache left on) attends across sequences: pass use_cache=False "
                       f"(logits off by {default_diff:.3g})")
     return PackingCheck(
-        model=type(model).__name__, attn_implementation=impl, causal=causal, method=method, ok=bool(ok),
+        model=type(inner).__name__, attn_implementation=impl, causal=causal, method=method, ok=bool(ok),
         atol=atol, logits_diff=ldiff, loss_diff=loss_diff, grad_diff=grad_diff, grad_checked=grad_checked,
         default_call_cross_attends=default_diff > atol, default_call_logits_diff=default_diff,
         position_ids_honoured=probes["position_ids"] <= atol, position_ids_logits_diff=probes["position_ids"],

@@ -81,6 +81,20 @@ def test_profile_and_compile_records(tmp_path):
     assert result["by_compile"]["eager"]["best_padlab"] == "packed-mask (sdpa)"
 
 
+@pytest.mark.slow   # the oracle eager and compiled, one padding-free row eager and compiled, on the CPU
+def test_oracle_on_the_compiled_model_gates_the_compiled_padding_free_rows(tmp_path):
+    out = tmp_path / "decoder.json"
+    load_script().main(["--quick", "--examples", "300", "--steps", "1", "--warmup", "1", "--gen-batch-sizes", "none",
+                        "--rows", "hf-flattening (sdpa)", "--compile", "both", "--oracle-compiled", "--out", str(out)])
+    result = json.loads(out.read_text())
+    eager_oracle, compiled_oracle = result["oracle"]
+    assert not eager_oracle.get("compiled") and compiled_oracle["compiled"]
+    assert compiled_oracle["ok"] and not compiled_oracle["negative_control_ok"]
+    assert result["config"]["oracle_compiled"]
+    assert [(r["strategy"], r["compiled"], "error" in r) for r in result["rows"]] == [
+        ("hf-flattening (sdpa)", False, False), ("hf-flattening (sdpa)", True, False)]
+
+
 def test_profile_names_checked_before_any_work(capsys):
     with pytest.raises(SystemExit):
         load_script().main(["--quick", "--profile", "packed (flash)"])
@@ -145,3 +159,23 @@ def test_packed_flex_batch_equals_packed_mask_batch():
     assert r["diff"] <= 1e-5
     assert abs(r["loss"][0] - r["loss"][1]) <= 1e-5
     assert r["control_diff"] > 1e-3         # without the document rule the losses differ
+
+
+def test_a_failed_compiled_oracle_leaves_the_compiled_padding_free_rows_out(tmp_path, monkeypatch):
+    mod = load_script()
+    real = mod.check_packing
+
+    def oracle(model, *a, **kw):     # the compiled path fails its oracle (the bug this gate exists for)
+        if hasattr(model, "_orig_mod"):
+            raise RuntimeError("sequences attend to each other")
+        return real(model, *a, **kw)
+
+    monkeypatch.setattr(mod, "check_packing", oracle)
+    out = tmp_path / "decoder.json"
+    mod.main(["--quick", "--examples", "300", "--steps", "1", "--warmup", "0", "--gen-batch-sizes", "none",
+              "--rows", "hf-flattening (sdpa)", "--compile", "on", "--oracle-compiled", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert [o.get("compiled", False) for o in result["oracle"]] == [False, True]
+    assert result["oracle"][1]["ok"] is False and "attend to each other" in result["oracle"][1]["error"]
+    assert result["rows"] == [{"strategy": "hf-flattening (sdpa)", "compiled": True,
+                               "error": "not run: its oracle did not pass on the compiled model"}]

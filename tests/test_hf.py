@@ -206,6 +206,21 @@ def test_boolean_4d_mask_is_misread_under_eager_the_additive_one_is_not(glosses)
         assert (float((boolean - alone).abs().max()) < 1e-4) is bool_ok, impl
 
 
+def test_oracle_runs_a_compiled_model_through_its_wrapper(glosses):
+    """torch.compile's wrapper hides the model's keywords (its forward takes **kwargs): the oracle reads them
+    through it and runs the compiled path, the one training takes; its negative control still fails."""
+    model = tiny("llama")
+    compiled = torch.compile(model, backend="eager")     # the wrapper inductor uses, without code generation
+    r = check_packing(compiled, glosses[:3])
+    assert r.ok and r.model == "LlamaForCausalLM" and r.method == "position_ids" and r.grad_checked
+    assert r.default_call_cross_attends             # the cache trap is seen through the wrapper too
+    neg = check_packing(compiled, glosses[:3], negative_control=True)
+    assert not neg.ok and neg.logits_diff > 1e-2
+    r2 = check_packing(compiled, glosses[:3], attn_implementation="eager")
+    assert r2.ok and r2.attn_implementation == "eager"
+    assert model.config._attn_implementation == "sdpa"   # the caller's model (inside the wrapper) untouched
+
+
 def test_oracle_on_a_family_it_was_not_written_for(glosses):
     """Any causal LM taking position_ids: Mistral (sliding-window masks) through the same code path."""
     torch.manual_seed(0)
