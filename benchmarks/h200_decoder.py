@@ -230,8 +230,13 @@ def plan_rows(pairs, args, impls):
     return rows, bs
 
 
+def row_impl(name: str) -> str | None:
+    """The attention implementation a row names (``"packed (sdpa)"`` -> ``"sdpa"``), None if it names none."""
+    return name.split("(")[1].rstrip(")") if "(" in name else None
+
+
 def run_row(name, steps, init, args, dev, peaks, compiled):
-    impl = name.split("(")[1].rstrip(")") if "(" in name else "sdpa"
+    impl = row_impl(name) or "sdpa"
     model = copy.deepcopy(init)
     model.set_attn_implementation(impl)
     factory = (lambda ps: torch.optim.AdamW(ps, lr=args.lr, fused=True))
@@ -537,9 +542,8 @@ def main(argv=None) -> dict:
                 result["rows"].append({"strategy": name, "compiled": compiled,
                                        "error": f"skipped: --time-limit {args.time_limit:g} s reached"})
                 continue
-            impl = name.split("(")[1].rstrip(")") if "(" in name else None
             if (compiled and args.oracle_compiled and name.startswith(("packed (", "hf-flattening ("))
-                    and impl not in compiled_ok):
+                    and row_impl(name) not in compiled_ok):
                 log(f"{name} [compiled]: not run (its compiled oracle did not pass)")
                 result["rows"].append({"strategy": name, "compiled": True,
                                        "error": "not run: its oracle did not pass on the compiled model"})

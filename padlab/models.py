@@ -773,16 +773,13 @@ def unwrap(model: nn.Module) -> nn.Module:
     (``_orig_mod``) and data-parallel wrappers (``module``), however deep; ``model`` itself otherwise."""
     if not isinstance(model, nn.Module):
         raise fail("model", type(model).__name__, "be a torch.nn.Module")
-    seen = set()
-    while id(model) not in seen:
-        seen.add(id(model))
+    while True:
         inner = getattr(model, "_orig_mod", None)
         if inner is None and isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             inner = model.module
         if not isinstance(inner, nn.Module):
-            break
+            return model
         model = inner
-    return model
 
 
 def forward_parameters(model: nn.Module) -> "dict[str, inspect.Parameter]":

@@ -47,6 +47,8 @@ def test_kernel_profile_on_a_cpu_has_wall_time_only():
     (lambda: profiling.kernel_profile("run", 1, "cpu"), "run must be a callable"),
     (lambda: profiling.kernel_profile(lambda: None, 1, "cpu", top=-1), "top must be an integer >= 0"),
     (lambda: profiling.kernel_family(3), "name must be a kernel name"),
+    (lambda: profiling.summarise_kernels([("k", 1.0, 1)], 1, 0.0), "wall_ms must be a positive number"),
+    (lambda: profiling.summarise_kernels([("k", 1.0, 1)], 0, 1.0), "steps must be an integer >= 1"),
 ])
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):

@@ -84,6 +84,10 @@ def summarise_kernels(kernels: "list[tuple[str, float, int]]", steps: int, wall_
                       top: int = 8) -> dict[str, Any]:
     """The per-step kernel summary of :func:`kernel_profile` from ``(name, device microseconds,
     calls)`` over ``steps`` steps of ``wall_ms`` each (split out so that it is tested without a GPU)."""
+    steps = check_int("steps", steps, min_value=1)
+    top = check_int("top", top, min_value=0)
+    if isinstance(wall_ms, bool) or not isinstance(wall_ms, (int, float)) or not wall_ms > 0:
+        raise fail("wall_ms", wall_ms, "be a positive number of milliseconds")
     kernel_us = sum(us for _, us, _ in kernels)
     families: dict[str, float] = {k: 0.0 for k in (*KERNEL_FAMILIES, "other")}
     for name, us, _ in kernels:

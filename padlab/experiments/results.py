@@ -599,9 +599,8 @@ def load_decoder(path: Any = "h200") -> dict[str, Any]:
     ``data/benchmarks/``). The stored keys are returned as written; ``table``, ``comparison``,
     ``by_compile`` and ``generation_by_order`` are computed from the rows.
     """
-    shipped = DECODER.get(path, DECODER["h200"]) if isinstance(path, str) else DECODER["h200"]
-    data = _load_shipped("h200" if isinstance(path, str) and path in DECODER else path, shipped,
-                         ("rows", "config"), "decoder")
+    key = path if isinstance(path, str) and path in DECODER else None
+    data = _load_shipped("h200" if key else path, DECODER[key or "h200"], ("rows", "config"), "decoder")
     if not isinstance(data["rows"], list):
         raise fail("path", str(path), "hold a decoder result (its 'rows' a list)")
     return {**data, **decoder_summary(data)}
