@@ -95,6 +95,20 @@ def test_oracle_on_the_compiled_model_gates_the_compiled_padding_free_rows(tmp_p
         ("hf-flattening (sdpa)", False, False), ("hf-flattening (sdpa)", True, False)]
 
 
+@pytest.mark.slow   # the oracle, one padded row compiled on the CPU, its timed steps twice
+def test_a_row_compiled_in_its_timed_steps_is_timed_again(tmp_path):
+    out = tmp_path / "decoder.json"
+    # No warm-up: the row's graphs compile in its first timed pass; the second pass, same batches, compiles none.
+    load_script().main(["--quick", "--examples", "300", "--steps", "2", "--warmup", "0", "--gen-batch-sizes", "none",
+                        "--rows", "hf-length-grouped", "--compile", "on", "--retime-recompiled", "--out", str(out)])
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert result["config"]["retime_recompiled"]
+    assert row["first_timed_pass"]["graphs_compiled"] >= 1 and row["graphs_compiled_in_timed_steps"] == 0
+    assert row["first_timed_pass"]["seconds"] > 0 and row["seconds"] > 0
+    assert result["by_compile"]["compiled"]["best_hf"] == "hf-length-grouped [compiled]"   # steady: not left out
+
+
 def test_profile_names_checked_before_any_work(capsys):
     with pytest.raises(SystemExit):
         load_script().main(["--quick", "--profile", "packed (flash)"])
