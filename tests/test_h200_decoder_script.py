@@ -109,6 +109,18 @@ def test_a_row_compiled_in_its_timed_steps_is_timed_again(tmp_path):
     assert result["by_compile"]["compiled"]["best_hf"] == "hf-length-grouped [compiled]"   # steady: not left out
 
 
+@pytest.mark.slow   # the oracle, one padded row compiled on the CPU
+def test_the_compiled_oracle_runs_only_for_the_padding_free_rows_timed(tmp_path):
+    out = tmp_path / "decoder.json"
+    # No padding-free row among --rows: no implementation's compiled oracle (one under flex_attention on changing
+    # lengths compiled for minutes on the H200 and cost a run).
+    load_script().main(["--quick", "--examples", "300", "--steps", "1", "--warmup", "0", "--gen-batch-sizes", "none",
+                        "--rows", "packed-mask (sdpa)", "--compile", "on", "--oracle-compiled", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert [o.get("compiled", False) for o in result["oracle"]] == [False]
+    assert [("error" in r) for r in result["rows"]] == [False]
+
+
 def test_profile_names_checked_before_any_work(capsys):
     with pytest.raises(SystemExit):
         load_script().main(["--quick", "--profile", "packed (flash)"])
