@@ -53,6 +53,7 @@ import platform
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -235,6 +236,33 @@ def row_impl(name: str) -> str | None:
     return name.split("(")[1].rstrip(")") if "(" in name else None
 
 
+def replan(path: str) -> dict:
+    """Add the profiled steps' real tokens and slots to a run's profiles, from its plan made again."""
+    result = json.loads(Path(path).read_text())
+    cfg = result["config"]
+    ns = argparse.Namespace(examples=None if cfg["examples"] >= len(data.load_instructions("wordnet-define"))
+                            else cfg["examples"], seed=cfg["seed"], warmup=cfg["warmup"], steps=cfg["steps"],
+                            max_tokens=cfg["max_tokens"], max_length=cfg["max_length"])
+    impls = sorted({row_impl(r["strategy"]) for r in result["rows"]} - {None} | {"sdpa"})
+    plan = dict(plan_rows(data.load_instructions("wordnet-define"), ns, impls)[0])
+    for r in result["rows"]:
+        if r.get("error"):
+            continue
+        timed = plan[r["strategy"]][ns.warmup:]
+        mean = sum(s[1] for s in timed) / len(timed)
+        if len(timed) != r["steps"] or abs(mean - r["real_tokens_per_step"]) > 1e-6:
+            raise SystemExit(f"--replan {path}: row {r['strategy']!r} planned again holds {mean} real tokens a "
+                             f"step over {len(timed)} steps, the run recorded {r['real_tokens_per_step']} over "
+                             f"{r['steps']}: not the run's batches")
+        if r.get("profile"):
+            prof = timed[:r["profile"]["steps"]]
+            r["profile"].update(real_tokens=sum(s[1] for s in prof), slots=sum(s[2] for s in prof),
+                                tokens_from="replanned")
+    save_result(result, path)
+    log(f"{path}: every row's timed steps planned again hold its recorded real tokens; profiles updated")
+    return result
+
+
 def run_row(name, steps, init, args, dev, peaks, compiled):
     impl = row_impl(name) or "sdpa"
     model = copy.deepcopy(init)
@@ -292,6 +320,9 @@ def run_row(name, steps, init, args, dev, peaks, compiled):
                 train_step(m, b, prep.optimizer, prep.policy, prep.scaler, loss_fn, measure=False, step=i)
 
         profile = kernel_profile(run_profiled, len(prof_steps), dev, sync=lambda: sync(dev))
+        # The profiled steps' own tokens: a row whose batches vary is not its average over these few steps.
+        profile["real_tokens"] = sum(s[1] for s in prof_steps)
+        profile["slots"] = sum(s[2] for s in prof_steps)
         profile["unprofiled_ms_per_step"] = seconds * 1e3 / len(timed)
         if profile["kernel_ms_per_step"] is not None:
             profile["gpu_busy_fraction"] = profile["kernel_ms_per_step"] / profile["unprofiled_ms_per_step"]
@@ -430,7 +461,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--profile-steps", type=int, default=5, help="steps a profile covers (default 5)")
     ap.add_argument("--out", default=None, help="write the JSON here (default: print it)")
     ap.add_argument("--png", default=None, help="draw real tokens/s relative to fixed padding, per row, here")
+    ap.add_argument("--replan", default=None, metavar="JSON",
+                    help="no run: plan a finished run's batches again from its config, on the CPU, check that every "
+                         "row's timed steps hold the real tokens it recorded, and add its profiled steps' real "
+                         "tokens and slots to its profiles (for runs made before the profiles recorded them)")
     args = ap.parse_args(argv)
+    if args.replan:
+        return replan(args.replan)
     q = args.quick
     args.device = args.device or ("cpu" if q else "auto")
     args.model = args.model or ("tiny" if q else "110m")

@@ -78,7 +78,25 @@ def test_profile_and_compile_records(tmp_path):
     for r in (eager, compiled):      # a CPU has no kernels: the profile holds its wall time only
         assert r["profile"]["steps"] == 1 and r["profile"]["wall_ms_per_step"] > 0
         assert r["profile"]["kernel_ms_per_step"] is None and r["profile"]["unprofiled_ms_per_step"] > 0
+        # the profiled step is the first timed one: its own tokens (the collated batch counted here)
+        assert 0 < r["profile"]["real_tokens"] <= r["profile"]["slots"]
     assert result["by_compile"]["eager"]["best_padlab"] == "packed-mask (sdpa)"
+
+    # --replan plans the run's batches again: the profiled steps' tokens come back the same; a row whose
+    # recorded tokens are not the plan's is refused.
+    recorded = [dict(r["profile"]) for r in result["rows"]]
+    for r in result["rows"]:
+        del r["profile"]["real_tokens"], r["profile"]["slots"]
+    out.write_text(json.dumps(result))
+    load_script().main(["--replan", str(out)])
+    again = json.loads(out.read_text())
+    for r, before in zip(again["rows"], recorded):
+        assert (r["profile"]["real_tokens"], r["profile"]["slots"]) == (before["real_tokens"], before["slots"])
+        assert r["profile"]["tokens_from"] == "replanned"
+    again["rows"][0]["real_tokens_per_step"] += 1
+    out.write_text(json.dumps(again))
+    with pytest.raises(SystemExit, match="not the run's batches"):
+        load_script().main(["--replan", str(out)])
 
 
 @pytest.mark.slow   # the oracle eager and compiled, one padding-free row eager and compiled, on the CPU

@@ -315,6 +315,31 @@ def test_decoder_summary_without_a_side_has_no_ratio():
     assert s["table"][0]["speedup_over_fixed"] is None       # no fixed row: no baseline
 
 
+def test_decoder_profiles_by_hand():
+    prof = {"steps": 2, "kernel_ms_per_step": 30.0, "kernels_per_step": 800.0,
+            "family_ms_per_step": {"attention": 3.0, "matmul": 15.0, "optimizer": 2.0, "other": 10.0},
+            "gpu_busy_fraction_under_profiler": 0.75, "real_tokens": 300, "slots": 400}
+    rows = [_dec_row("fixed", 10.0),                                   # not profiled: no entry
+            _dec_row("hf-length-grouped", 20.0, compiled=True, profile=prof),
+            _dec_row("token-budget", 20.0, profile={**prof, "real_tokens": None}),   # tokens unknown
+            _dec_row("dynamic", 5.0, profile={"steps": 2, "kernel_ms_per_step": None, "real_tokens": 300,
+                                              "slots": 400}),        # a CPU profile: no kernels
+            {"strategy": "bucketed", "error": "OOM", "profile": prof}]
+    got = results.decoder_profiles({"rows": rows})
+    assert [g["strategy"] for g in got] == ["hf-length-grouped [compiled]", "token-budget", "dynamic"]
+    hf = got[0]
+    # 2 s over 4 steps = 500 ms a step, 100 real tokens a step on average: 5,000,000 ns a token
+    assert hf["step_ms"] == 500.0 and hf["step_ns_per_token"] == 5_000_000.0 and hf["padded_fraction"] == 0.25
+    # the profiled steps' own tokens: 300 over 2 steps = 150 a step; 30 ms / 150 = 200,000 ns a token
+    assert hf["profiled_real_tokens_per_step"] == 150.0 and hf["kernel_ns_per_token"] == 200_000.0
+    assert hf["profiled_padded_fraction"] == 0.25 and hf["busy_under_profiler"] == 0.75
+    assert hf["family_ms"] == prof["family_ms_per_step"] and hf["family_ms"] is not prof["family_ms_per_step"]
+    assert got[1]["kernel_ms"] == 30.0 and got[1]["kernel_ns_per_token"] is None   # never the run's average
+    assert got[2]["kernel_ms"] is None and got[2]["family_ms"] is None and got[2]["kernel_ns_per_token"] is None
+    with pytest.raises(ValueError, match="result must be a decoder result"):
+        results.decoder_profiles([rows])
+
+
 @pytest.mark.parametrize("key", sorted(results.DECODER))
 def test_load_decoder_shipped_agrees_with_the_script(key):
     d = results.load_decoder(key)
@@ -334,6 +359,19 @@ def test_shipped_decoder_runs_hold_what_notebook_08_reads():
         assert name in labels and name + " [compiled]" in labels
     shared = results.decoder_rows_compared(run, control)
     assert {r["strategy"] for r in shared} >= {"hf-length-grouped", "token-budget", "packed-mask (sdpa)", "fixed"}
+    # the steady run: no row compiled in its timed steps, both sides compiled; its three profiles eager and
+    # compiled, with the profiled steps' tokens (replanned, checked against the run's recorded tokens)
+    steady = results.load_decoder("h200-compiled")
+    assert steady["config"]["cudnn_attention"] == "off" and steady["config"]["warmup"] == 12
+    assert all(not c["left_out"] for c in steady["by_compile"].values())
+    assert steady["by_compile"]["compiled"]["best_hf"] == "hf-length-grouped [compiled]"
+    profiles = {p["strategy"]: p for p in results.decoder_profiles(steady)}
+    for name in ("packed-mask (sdpa)", "hf-length-grouped", "token-budget"):
+        for label in (name, name + " [compiled]"):
+            assert profiles[label]["kernel_ns_per_token"] > 0 and sum(profiles[label]["family_ms"].values()) > 0
+    flat = results.load_decoder("h200-flattening")
+    assert [o.get("compiled", False) for o in flat["oracle"]] == [False, True] and all(o["ok"] for o in flat["oracle"])
+    assert [t["strategy"] for t in flat["table"]] == ["hf-flattening (sdpa)", "hf-flattening (sdpa) [compiled]"]
 
 
 @pytest.mark.parametrize("call, match", [

@@ -44,7 +44,7 @@ __all__ = ["SHIPPED", "WORK", "load_result", "save_result", "is_history", "resul
            "row_label", "speedups", "curve_seconds", "loss_at", "time_to_loss",
            "load_matrix", "summarize_matrix", "speed_table", "load_inference", "inference_verdict",
            "inference_speedups", "load_memory", "memory_verdict", "memory_table", "load_amp_tokens",
-           "amp_references", "amp_tokens_verdict", "DECODER", "load_decoder", "decoder_summary",
+           "amp_references", "amp_tokens_verdict", "DECODER", "load_decoder", "decoder_summary", "decoder_profiles",
            "decoder_rows_compared"]
 
 WORK = ("tokens", "sequences")
@@ -588,15 +588,18 @@ def amp_tokens_verdict(result: Mapping[str, Any], *, references: list[Mapping[st
 
 #: The shipped decoder runs of ``benchmarks/h200_decoder.py`` (``data/benchmarks/``).
 #: ``"h200"``: every row eager and compiled, in one run; ``"h200-nocudnn"``: the eager rows again, with
-#: ``sdpa`` kept off cuDNN's attention (``--cudnn-attention off``).
-DECODER = {"h200": "h200_decoder.json", "h200-nocudnn": "h200_decoder_nocudnn.json"}
+#: ``sdpa`` kept off cuDNN's attention (``--cudnn-attention off``); ``"h200-compiled"``: seven rows eager and
+#: compiled off cuDNN, every compiled figure steady, with kernel profiles; ``"h200-flattening"``:
+#: transformers' ``DataCollatorWithFlattening`` eager and compiled after the oracle passed compiled.
+DECODER = {"h200": "h200_decoder.json", "h200-nocudnn": "h200_decoder_nocudnn.json",
+           "h200-compiled": "h200_decoder_compiled.json", "h200-flattening": "h200_decoder_flattening.json"}
 
 
 def load_decoder(path: Any = "h200") -> dict[str, Any]:
     """Read a ``benchmarks/h200_decoder.py`` JSON file and add :func:`decoder_summary`'s keys to it.
 
-    ``path`` may be a key of :data:`DECODER` (``"h200"``, ``"h200-nocudnn"``: the shipped runs in
-    ``data/benchmarks/``). The stored keys are returned as written; ``table``, ``comparison``,
+    ``path`` may be a key of :data:`DECODER` (``"h200"``, ``"h200-nocudnn"``, ``"h200-compiled"``,
+    ``"h200-flattening"``: the shipped runs in ``data/benchmarks/``). The stored keys are returned as written; ``table``, ``comparison``,
     ``by_compile`` and ``generation_by_order`` are computed from the rows.
     """
     key = path if isinstance(path, str) and path in DECODER else None
@@ -679,6 +682,42 @@ def _best_of(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     p, h = best["padlab"], best["transformers"]
     return {"best_padlab": p["strategy"] if p else None, "best_hf": h["strategy"] if h else None,
             "padlab_over_best_hf": p["real_tokens_per_s"] / h["real_tokens_per_s"] if p and h else None}
+
+
+def decoder_profiles(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The kernel profiles a decoder run holds (``benchmarks/h200_decoder.py --profile``), one dict per
+    profiled row in run order.
+
+    Over the row's timed steps: ``strategy`` (`` [compiled]`` appended), ``step_ms`` (timed seconds over
+    timed steps), ``padded_fraction`` and ``step_ns_per_token`` (per real token). Over the few profiled
+    steps (the first timed ones again, under torch.profiler): ``kernel_ms`` (GPU kernel time a step),
+    ``family_ms`` (``attention``, ``matmul``, ``optimizer``, ``other``), ``kernels_per_step``,
+    ``busy_under_profiler`` (kernel time over the profiled steps' wall time, the profiler's overhead
+    included), and, where the profile records the profiled steps' tokens, ``profiled_real_tokens_per_step``,
+    ``profiled_padded_fraction`` and ``kernel_ns_per_token``. A row whose batches vary (length-grouped) can
+    hold other tokens in its first steps than on average, so kernel time is divided by the profiled
+    steps' own tokens, never by the run's average (``None`` where those are unknown). Kernel fields are
+    ``None`` for a profile taken without a GPU."""
+    if not isinstance(result, Mapping) or not isinstance(result.get("rows"), list):
+        raise fail("result", type(result).__name__, "be a decoder result with 'rows'")
+    out = []
+    for r in result["rows"]:
+        p = r.get("profile") if isinstance(r, Mapping) and not r.get("error") else None
+        if not p:
+            continue
+        step_ms = r["seconds"] * 1e3 / r["steps"]
+        kernel = p.get("kernel_ms_per_step")
+        real = p["real_tokens"] / p["steps"] if p.get("real_tokens") else None
+        out.append({"strategy": _label(r), "step_ms": step_ms, "padded_fraction": r["padded_fraction"],
+                    "step_ns_per_token": step_ms * 1e6 / r["real_tokens_per_step"],
+                    "kernel_ms": kernel,
+                    "family_ms": dict(p.get("family_ms_per_step") or {}) if kernel is not None else None,
+                    "kernels_per_step": p.get("kernels_per_step"),
+                    "busy_under_profiler": p.get("gpu_busy_fraction_under_profiler"),
+                    "profiled_real_tokens_per_step": real,
+                    "profiled_padded_fraction": 1 - p["real_tokens"] / p["slots"] if real else None,
+                    "kernel_ns_per_token": kernel * 1e6 / real if kernel is not None and real else None})
+    return out
 
 
 def decoder_rows_compared(base: Mapping[str, Any], other: Mapping[str, Any], *, compiled: bool = False
