@@ -99,6 +99,20 @@ def test_profile_families_with_and_without_flop_shares():
     assert "2.0%" in [t.get_text() for t in fig.axes[0].texts]
 
 
+def test_kernel_time_stacks_by_hand():
+    rows = {"a": {"attention": 1.0, "matmul": 2.0, "other": 3.0}, "b [compiled]": {"attention": 0.5, "matmul": 2.0,
+                                                                                   "other": 0.0}}
+    fig = viz.kernel_time_stacks(rows, title="t")
+    ax = fig.axes[0]
+    bars = _bars(ax)
+    # one bar per row and family, each family's bars starting where the families before it end
+    assert [(round(b.get_x(), 6), b.get_width()) for b in bars] == [(0.0, 1.0), (0.0, 0.5), (1.0, 2.0), (0.5, 2.0),
+                                                                     (3.0, 3.0), (2.5, 0.0)]
+    assert [t.get_text() for t in ax.texts] == ["6.0", "2.5"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b [compiled]"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["attention", "matmul", "other"]
+
+
 def test_throughput_vs_budget():
     rows = TUNE["rows"][:2]
     fig = viz.throughput_vs_budget(rows)
@@ -117,6 +131,9 @@ def test_throughput_vs_budget():
      r"curves\['a'\]\['examples_seen'\] must have one value per loss"),
     (lambda: viz.anomaly_cold_warm([]), "rows must hold"),
     (lambda: viz.profile_families({}), "fractions must hold"),
+    (lambda: viz.kernel_time_stacks({}), "rows must hold at least one row"),
+    (lambda: viz.kernel_time_stacks({"a": {"x": 1.0}, "b": {"y": 1.0}}), r"rows\['b'\] must hold the families \['x'\]"),
+    (lambda: viz.kernel_time_stacks({"a": {"x": -1.0}}), r"rows\['a'\] must hold finite times"),
     (lambda: viz.throughput_vs_budget([]), "rows must hold"),
     (lambda: viz.bench_summary(TOKENS), "rows must be a non-empty list of benchmark rows"),
     (lambda: viz.bench_speedup_bars([]), "rows must be a non-empty list"),

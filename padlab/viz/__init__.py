@@ -13,8 +13,8 @@ function is re-exported here, so ``from padlab import viz; viz.pack_bars(...)`` 
 from __future__ import annotations
 
 from . import bench, bucketing, floats, memory, packing, padding, precision, schematics, style
-from .bench import (anomaly_cold_warm, bench_speedup_bars, bench_summary, loss_curves_per_example,
-                    profile_families, speedup_bars, throughput_vs_budget)
+from .bench import (anomaly_cold_warm, bench_speedup_bars, bench_summary, kernel_time_stacks,
+                    loss_curves_per_example, profile_families, speedup_bars, throughput_vs_budget)
 from .bucketing import accuracy_by_seed, bucketing_tradeoff, ddp_assignment, loss_by_step, token_budget_batches
 from .floats import bit_layout, float_bits, format_ranges, precision_vs_magnitude, value_density
 from .memory import cost_vs_length, memory_vs_length, parameter_memory_bars
@@ -43,5 +43,5 @@ __all__ = ["CHAPTERS", "style", "schematics", "FIELD_COLOURS", "FORMAT_COLOURS",
            "loss_scale_dynamics", "policy_curves", "policy_result_bars", "policy_speed_memory",
            "inference_speedup_vs_batch", "memory_budget_bars", "amp_speedup_vs_tokens",
            "bench_speedup_bars", "bench_summary", "speedup_bars", "loss_curves_per_example", "anomaly_cold_warm",
-           "profile_families", "throughput_vs_budget", "NO_SLOT_COLOUR", "FLOW_COLOURS", "layout_schematic",
+           "profile_families", "kernel_time_stacks", "throughput_vs_budget", "NO_SLOT_COLOUR", "FLOW_COLOURS", "layout_schematic",
            "slot_colours", "row_mask_colours", "autocast_flow", "batch_shape_schematic"]

@@ -216,6 +216,37 @@ def profile_families(fractions: dict[str, float], *, flop_shares: dict[str, floa
     return fig
 
 
+def kernel_time_stacks(rows: Mapping[str, Mapping[str, float]], *, unit: str = "ms a step",
+                       title: str = "") -> Figure:
+    """GPU kernel time per family, one stacked horizontal bar per row (``{row: {family: time}}``, the
+    families in the first row's order), each bar's total written at its end."""
+    if not rows:
+        raise fail("rows", rows, "hold at least one row: {family: time}")
+    families = list(next(iter(rows.values())))
+    for name, fam in rows.items():
+        if not isinstance(fam, Mapping) or list(fam) != families:
+            raise fail(f"rows[{name!r}]", dict(fam) if isinstance(fam, Mapping) else fam,
+                       f"hold the families {families} in that order")
+        if any(not np.isfinite(v) or v < 0 for v in fam.values()):
+            raise fail(f"rows[{name!r}]", dict(fam), "hold finite times >= 0")
+    names = list(rows)
+    fig, ax = new_figure(figsize=(8, 0.42 * len(names) + 1.5))
+    y = np.arange(len(names))[::-1]
+    left = np.zeros(len(names))
+    for fam, colour in zip(families, colours_for(families)):
+        v = np.array([rows[n][fam] for n in names], dtype=float)
+        ax.barh(y, v, 0.65, left=left, color=colour, label=fam)
+        left += v
+    for yy, total in zip(y, left):
+        ax.text(total * 1.01, yy, f"{total:.1f}", va="center", fontsize=7)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_xlim(0, left.max() * 1.12 if left.max() > 0 else 1.0)
+    ax.set_xlabel(f"GPU kernel time, {unit}")
+    ax.legend(fontsize=8, loc="lower right", ncols=len(families))
+    ax.set_title(title or "Where a step's GPU kernel time goes")
+    return fig
+
+
 def throughput_vs_budget(rows: list[dict]) -> Figure:
     """Two panels per token budget: real tokens/s with MFU, and GPU steps/s against loader batches/s.
 
