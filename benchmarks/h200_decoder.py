@@ -240,11 +240,12 @@ def replan(path: str) -> dict:
     """Add the profiled steps' real tokens and slots to a run's profiles, from its plan made again."""
     result = json.loads(Path(path).read_text())
     cfg = result["config"]
-    ns = argparse.Namespace(examples=None if cfg["examples"] >= len(data.load_instructions("wordnet-define"))
-                            else cfg["examples"], seed=cfg["seed"], warmup=cfg["warmup"], steps=cfg["steps"],
-                            max_tokens=cfg["max_tokens"], max_length=cfg["max_length"])
+    pairs = data.load_instructions("wordnet-define")
+    ns = argparse.Namespace(examples=None if cfg["examples"] >= len(pairs) else cfg["examples"], seed=cfg["seed"],
+                            warmup=cfg["warmup"], steps=cfg["steps"], max_tokens=cfg["max_tokens"],
+                            max_length=cfg["max_length"])
     impls = sorted({row_impl(r["strategy"]) for r in result["rows"]} - {None} | {"sdpa"})
-    plan = dict(plan_rows(data.load_instructions("wordnet-define"), ns, impls)[0])
+    plan = dict(plan_rows(pairs, ns, impls)[0])
     for r in result["rows"]:
         if r.get("error"):
             continue
@@ -319,7 +320,14 @@ def run_row(name, steps, init, args, dev, peaks, compiled):
             for i, (b, *_rest) in enumerate(prof_steps):
                 train_step(m, b, prep.optimizer, prep.policy, prep.scaler, loss_fn, measure=False, step=i)
 
+        # The same steps timed without the profiler first: the busy fraction of exactly the steps profiled.
+        sync(dev)
+        t_prof = time.perf_counter()
+        run_profiled()
+        sync(dev)
+        t_prof = time.perf_counter() - t_prof
         profile = kernel_profile(run_profiled, len(prof_steps), dev, sync=lambda: sync(dev))
+        profile["profiled_steps_ms_per_step"] = t_prof * 1e3 / len(prof_steps)
         # The profiled steps' own tokens: a row whose batches vary is not its average over these few steps.
         profile["real_tokens"] = sum(s[1] for s in prof_steps)
         profile["slots"] = sum(s[2] for s in prof_steps)

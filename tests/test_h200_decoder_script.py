@@ -80,6 +80,7 @@ def test_profile_and_compile_records(tmp_path):
         assert r["profile"]["kernel_ms_per_step"] is None and r["profile"]["unprofiled_ms_per_step"] > 0
         # the profiled step is the first timed one: its own tokens (the collated batch counted here)
         assert 0 < r["profile"]["real_tokens"] <= r["profile"]["slots"]
+        assert r["profile"]["profiled_steps_ms_per_step"] > 0    # the same step, timed without the profiler
     assert result["by_compile"]["eager"]["best_padlab"] == "packed-mask (sdpa)"
 
     # --replan plans the run's batches again: the profiled steps' tokens come back the same; a row whose

@@ -318,7 +318,8 @@ def test_decoder_summary_without_a_side_has_no_ratio():
 def test_decoder_profiles_by_hand():
     prof = {"steps": 2, "kernel_ms_per_step": 30.0, "kernels_per_step": 800.0,
             "family_ms_per_step": {"attention": 3.0, "matmul": 15.0, "optimizer": 2.0, "other": 10.0},
-            "gpu_busy_fraction_under_profiler": 0.75, "real_tokens": 300, "slots": 400}
+            "gpu_busy_fraction_under_profiler": 0.75, "real_tokens": 300, "slots": 400,
+            "profiled_steps_ms_per_step": 40.0}
     rows = [_dec_row("fixed", 10.0),                                   # not profiled: no entry
             _dec_row("hf-length-grouped", 20.0, compiled=True, profile=prof),
             _dec_row("token-budget", 20.0, profile={**prof, "real_tokens": None}),   # tokens unknown
@@ -333,9 +334,11 @@ def test_decoder_profiles_by_hand():
     # the profiled steps' own tokens: 300 over 2 steps = 150 a step; 30 ms / 150 = 200,000 ns a token
     assert hf["profiled_real_tokens_per_step"] == 150.0 and hf["kernel_ns_per_token"] == 200_000.0
     assert hf["profiled_padded_fraction"] == 0.25 and hf["busy_under_profiler"] == 0.75
+    assert hf["busy"] == 30.0 / 40.0                 # kernel ms over the same steps' unprofiled ms
     assert hf["family_ms"] == prof["family_ms_per_step"] and hf["family_ms"] is not prof["family_ms_per_step"]
     assert got[1]["kernel_ms"] == 30.0 and got[1]["kernel_ns_per_token"] is None   # never the run's average
     assert got[2]["kernel_ms"] is None and got[2]["family_ms"] is None and got[2]["kernel_ns_per_token"] is None
+    assert got[2]["busy"] is None
     with pytest.raises(ValueError, match="result must be a decoder result"):
         results.decoder_profiles([rows])
 

@@ -693,7 +693,8 @@ def decoder_profiles(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     steps (the first timed ones again, under torch.profiler): ``kernel_ms`` (GPU kernel time a step),
     ``family_ms`` (``attention``, ``matmul``, ``optimizer``, ``other``), ``kernels_per_step``,
     ``busy_under_profiler`` (kernel time over the profiled steps' wall time, the profiler's overhead
-    included), and, where the profile records the profiled steps' tokens, ``profiled_real_tokens_per_step``,
+    included), ``busy`` (kernel time over the same steps timed without the profiler, where the run timed
+    them), and, where the profile records the profiled steps' tokens, ``profiled_real_tokens_per_step``,
     ``profiled_padded_fraction`` and ``kernel_ns_per_token``. A row whose batches vary (length-grouped) can
     hold other tokens in its first steps than on average, so kernel time is divided by the profiled
     steps' own tokens, never by the run's average (``None`` where those are unknown). Kernel fields are
@@ -714,6 +715,8 @@ def decoder_profiles(result: Mapping[str, Any]) -> list[dict[str, Any]]:
                     "family_ms": dict(p.get("family_ms_per_step") or {}) if kernel is not None else None,
                     "kernels_per_step": p.get("kernels_per_step"),
                     "busy_under_profiler": p.get("gpu_busy_fraction_under_profiler"),
+                    "busy": (kernel / p["profiled_steps_ms_per_step"]
+                             if kernel is not None and p.get("profiled_steps_ms_per_step") else None),
                     "profiled_real_tokens_per_step": real,
                     "profiled_padded_fraction": 1 - p["real_tokens"] / p["slots"] if real else None,
                     "kernel_ns_per_token": kernel * 1e6 / real if kernel is not None and real else None})
