@@ -110,7 +110,7 @@ def test_kernel_time_stacks_by_hand():
                                                                      (3.0, 3.0), (2.5, 0.0)]
     assert [t.get_text() for t in ax.texts] == ["6.0", "2.5"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b [compiled]"]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["attention", "matmul", "other"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["attention", "matmul", "other"]
 
 
 def test_throughput_vs_budget():

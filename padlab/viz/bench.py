@@ -242,7 +242,8 @@ def kernel_time_stacks(rows: Mapping[str, Mapping[str, float]], *, unit: str = "
     ax.set_yticks(y, names, fontsize=8)
     ax.set_xlim(0, left.max() * 1.12 if left.max() > 0 else 1.0)
     ax.set_xlabel(f"GPU kernel time, {unit}")
-    ax.legend(fontsize=8, loc="lower right", ncols=len(families))
+    # below the axes: inside, it would cover the shortest bars' ends
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncols=len(families))
     ax.set_title(title or "Where a step's GPU kernel time goes")
     return fig
 
