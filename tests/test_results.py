@@ -341,6 +341,10 @@ def test_decoder_profiles_by_hand():
     assert got[2]["busy"] is None
     with pytest.raises(ValueError, match="result must be a decoder result"):
         results.decoder_profiles([rows])
+    with pytest.raises(ValueError, match=r"result must hold profiled rows with \['seconds'\]"):
+        results.decoder_profiles({"rows": [{k: v for k, v in rows[1].items() if k != "seconds"}]})
+    with pytest.raises(ValueError, match="a profile with steps"):
+        results.decoder_profiles({"rows": [{**rows[1], "profile": {"kernel_ms_per_step": 1.0}}]})
 
 
 @pytest.mark.parametrize("key", sorted(results.DECODER))

@@ -706,6 +706,9 @@ def decoder_profiles(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         p = r.get("profile") if isinstance(r, Mapping) and not r.get("error") else None
         if not p:
             continue
+        missing = [k for k in ("seconds", "steps", "real_tokens_per_step", "padded_fraction") if k not in r]
+        if missing or not isinstance(p, Mapping) or "steps" not in p:
+            raise fail("result", r.get("strategy"), f"hold profiled rows with {missing or ['a profile with steps']}")
         step_ms = r["seconds"] * 1e3 / r["steps"]
         kernel = p.get("kernel_ms_per_step")
         real = p["real_tokens"] / p["steps"] if p.get("real_tokens") else None
